@@ -1,0 +1,156 @@
+"""Exact bookkeeping of where an augmented view came from in its source image.
+
+A view is an axis-aligned crop of the source image, resized to the view's size and
+optionally mirrored left-right. :class:`ViewGeometry` records exactly that, in float, so
+that boxes move between source and view coordinates without any rounding.
+
+Conventions:
+    * Boxes are ``(x0, y0, x1, y1)`` in pixel-edge coordinates: a ``W``-pixel-wide image
+      spans ``[0, W]``, and the centre of pixel column ``i`` is at ``i + 0.5``.
+    * Source coordinates are pixels of the decoded original image.
+    * A horizontal flip maps ``x -> W - x`` in view coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ViewGeometry", "box_iou_pairwise"]
+
+
+class ViewGeometry(NamedTuple):
+    """Where a view came from: its crop in the source image, its flip and its size.
+
+    A single view holds ``crop`` of shape ``[4]``, ``flipped`` of shape ``[]`` and ``size``
+    of shape ``[2]``. A batch of ``N`` views holds ``[N, 4]``, ``[N]`` and ``[N, 2]``. Being
+    a ``NamedTuple`` of tensors, geometries batch with
+    :func:`torch.utils.data.default_collate` and pass through ``torch.compile`` as pytrees.
+
+    Attributes:
+        crop: float ``[..., 4]``, the crop ``(x0, y0, x1, y1)`` in source pixels.
+        flipped: bool ``[...]``, whether the view is mirrored left-right after resizing.
+        size: float ``[..., 2]``, the view's ``(height, width)`` in view pixels.
+
+    Example:
+        >>> g = ViewGeometry.full(640, 480).crop_to([100.0, 50.0, 420.0, 290.0])
+        >>> g = g.resize(224, 224).hflip()
+        >>> g.source_to_view(torch.tensor([[100.0, 50.0, 420.0, 290.0]]))
+        tensor([[  0.,   0., 224., 224.]])
+    """
+
+    crop: Tensor
+    flipped: Tensor
+    size: Tensor
+
+    @classmethod
+    def full(cls, width: float, height: float) -> "ViewGeometry":
+        """The identity view of a ``width`` x ``height`` source image (no crop, no flip)."""
+        if not (width > 0 and height > 0):
+            raise ValueError(f"image size must be positive, got width={width}, height={height}")
+        crop = torch.tensor([0.0, 0.0, float(width), float(height)], dtype=torch.float64)
+        size = torch.tensor([float(height), float(width)], dtype=torch.float64)
+        return cls(crop, torch.tensor(False), size)
+
+    # ------------------------------------------------------------------ composition
+    def crop_to(self, box: Sequence[float] | Tensor) -> "ViewGeometry":
+        """Crop the view to ``box`` ``(x0, y0, x1, y1)`` given in this view's pixels.
+
+        The cropped view keeps the box's size in pixels (no resize) and this view's flip.
+        """
+        box = torch.as_tensor(box, dtype=self.crop.dtype, device=self.crop.device)
+        new_crop = self.view_to_source(box)
+        size = torch.stack([box[..., 3] - box[..., 1], box[..., 2] - box[..., 0]], dim=-1)
+        return ViewGeometry(new_crop, self.flipped, size)
+
+    def resize(self, height: float, width: float) -> "ViewGeometry":
+        """Resize the view to ``height`` x ``width`` pixels (crop and flip unchanged)."""
+        size = torch.tensor([float(height), float(width)], dtype=self.size.dtype, device=self.size.device)
+        return ViewGeometry(self.crop, self.flipped, size.expand_as(self.size).clone())
+
+    def hflip(self) -> "ViewGeometry":
+        """Mirror the view left-right."""
+        return ViewGeometry(self.crop, ~self.flipped, self.size)
+
+    # ------------------------------------------------------------------ mapping
+    @property
+    def scale(self) -> Tensor:
+        """View pixels per source pixel along ``(x, y)``; float ``[..., 2]``."""
+        crop_wh = self.crop[..., 2:] - self.crop[..., :2]
+        return self.size.flip(-1) / crop_wh
+
+    def _broadcast(self, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-coordinate offset, scale, view width and flip, shaped to broadcast with ``boxes``."""
+        batch_dims = self.flipped.dim()
+        if boxes.dim() <= batch_dims or boxes.shape[:batch_dims] != self.flipped.shape or boxes.shape[-1] != 4:
+            raise ValueError(
+                f"boxes must have shape [*{list(self.flipped.shape)}, ..., 4] to match this geometry, "
+                f"got {list(boxes.shape)}"
+            )
+        index = (...,) + (None,) * (boxes.dim() - 1 - batch_dims) + (slice(None),)
+        offset = self.crop[..., :2].to(boxes.dtype)[index]
+        offset = torch.cat([offset, offset], dim=-1)  # (x0, y0, x0, y0)
+        scale = self.scale.to(boxes.dtype)[index]
+        scale = torch.cat([scale, scale], dim=-1)  # (sx, sy, sx, sy)
+        width = self.size[..., 1:2].to(boxes.dtype)[index]
+        flipped = self.flipped[index[:-1] + (None,)]
+        return offset, scale, width, flipped
+
+    @staticmethod
+    def _mirror(boxes: Tensor, width: Tensor) -> Tensor:
+        """``x -> width - x`` on both x edges, keeping ``x0 <= x1``."""
+        return torch.cat([width - boxes[..., 2:3], boxes[..., 1:2], width - boxes[..., 0:1], boxes[..., 3:4]], dim=-1)
+
+    def source_to_view(self, boxes: Tensor) -> Tensor:
+        """Map boxes from source pixels to this view's pixels.
+
+        Args:
+            boxes: float ``[*batch, K, 4]`` (or ``[*batch, 4]``) ``(x0, y0, x1, y1)`` in source
+                pixels, where ``*batch`` is this geometry's batch shape (empty for one view).
+
+        Returns:
+            The same boxes in view pixels, same shape and dtype; ``x0 <= x1`` after a flip.
+        """
+        offset, scale, width, flipped = self._broadcast(boxes)
+        view = (boxes - offset) * scale
+        return torch.where(flipped, self._mirror(view, width), view)
+
+    def view_to_source(self, boxes: Tensor) -> Tensor:
+        """Map boxes from this view's pixels to source pixels (inverse of :meth:`source_to_view`).
+
+        Args:
+            boxes: float ``[*batch, K, 4]`` (or ``[*batch, 4]``) in view pixels.
+
+        Returns:
+            The same boxes in source pixels, same shape and dtype.
+        """
+        offset, scale, width, flipped = self._broadcast(boxes)
+        unflipped = torch.where(flipped, self._mirror(boxes, width), boxes)
+        return unflipped / scale + offset
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ViewGeometry":
+        """Move to ``device``; ``dtype`` (a float type) applies to ``crop`` and ``size``."""
+        return ViewGeometry(
+            self.crop.to(device=device, dtype=dtype),
+            self.flipped.to(device=device),
+            self.size.to(device=device, dtype=dtype),
+        )
+
+
+def box_iou_pairwise(boxes: Tensor) -> Tensor:
+    """IoU between every two boxes of the same set, batched.
+
+    Args:
+        boxes: float ``[..., M, 4]`` ``(x0, y0, x1, y1)``.
+
+    Returns:
+        float ``[..., M, M]``; 0 where the union is empty.
+    """
+    lt = torch.maximum(boxes[..., :, None, :2], boxes[..., None, :, :2])
+    rb = torch.minimum(boxes[..., :, None, 2:], boxes[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
+    union = area[..., :, None] + area[..., None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(boxes.dtype).tiny), torch.zeros_like(inter))

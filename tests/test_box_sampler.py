@@ -1,0 +1,210 @@
+import math
+
+import pytest
+import torch
+
+from scrl import BoxPairs, BoxPairSampler, ViewGeometry, sample_box_pairs
+from scrl.geometry import box_iou_pairwise
+
+
+def random_view_pairs(n: int, seed: int, width: float = 500.0, height: float = 375.0, size: int = 224):
+    """Geometries of ``n`` view pairs drawn like RandomResizedCrop(scale=(0.2, 1)) + flip."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw() -> ViewGeometry:
+        area = width * height * (0.2 + 0.8 * torch.rand(n, generator=g, dtype=torch.float64))
+        log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, generator=g, dtype=torch.float64)
+        w = torch.sqrt(area * log_ratio.exp()).clamp(max=width)
+        h = torch.sqrt(area / log_ratio.exp()).clamp(max=height)
+        x = torch.rand(n, generator=g, dtype=torch.float64) * (width - w)
+        y = torch.rand(n, generator=g, dtype=torch.float64) * (height - h)
+        crop = torch.stack([x, y, x + w, y + h], dim=1)
+        flipped = torch.rand(n, generator=g) < 0.5
+        return ViewGeometry(crop, flipped, torch.full((n, 2), float(size), dtype=torch.float64))
+
+    return draw(), draw()
+
+
+def overlap(geom1: ViewGeometry, geom2: ViewGeometry) -> torch.Tensor:
+    lo = torch.maximum(geom1.crop[:, :2], geom2.crop[:, :2])
+    hi = torch.minimum(geom1.crop[:, 2:], geom2.crop[:, 2:])
+    return torch.cat([lo, hi], dim=1)
+
+
+def sequential_greedy(candidates: torch.Tensor, threshold: float) -> list[int]:
+    """The published rule: keep a candidate unless it overlaps a kept one by more than ``threshold``."""
+    kept: list[int] = []
+    for m in range(len(candidates)):
+        if not kept or box_iou_pairwise(candidates[kept + [m]])[-1, :-1].max() <= threshold:
+            kept.append(m)
+    return kept
+
+
+@pytest.mark.parametrize("mode", ["uniform", "grid"])
+def test_invariants_on_thousands_of_view_pairs(mode):
+    geom1, geom2 = random_view_pairs(4000, seed=1)
+    sampler = BoxPairSampler(num_boxes=10, min_size=32, iou_threshold=0.5, mode=mode)
+    pairs = sampler(geom1, geom2, generator=torch.Generator().manual_seed(0))
+    assert pairs.boxes1.shape == (4000, 10, 4) and pairs.valid.shape == (4000, 10)
+    assert pairs.boxes1.dtype == torch.float32
+
+    valid = pairs.valid
+    src1 = geom1.view_to_source(pairs.boxes1.double())
+    src2 = geom2.view_to_source(pairs.boxes2.double())
+    # Both views cover the same source region.
+    assert (src1 - src2)[valid].abs().max() < 1e-3
+    # Inside the overlap of the two crops.
+    ov = overlap(geom1, geom2)[:, None]
+    assert (src1[..., :2] >= ov[..., :2] - 1e-3)[valid].all()
+    assert (src1[..., 2:] <= ov[..., 2:] + 1e-3)[valid].all()
+    # At least min_size wide and high in both views.
+    for boxes in (pairs.boxes1, pairs.boxes2):
+        wh = boxes[..., 2:] - boxes[..., :2]
+        assert (wh[valid] >= 32 - 1e-3).all()
+        assert ((boxes >= 0) & (boxes <= 224)).all()
+    # Pairwise IoU within an image never exceeds the threshold.
+    iou = box_iou_pairwise(pairs.boxes1)
+    both = valid[:, :, None] & valid[:, None, :] & ~torch.eye(10, dtype=torch.bool)
+    assert iou[both].max() <= 0.5 + 1e-5
+    # Invalid slots hold zeros.
+    assert (pairs.boxes1[~valid] == 0).all() and (pairs.boxes2[~valid] == 0).all()
+    # Where the overlap is large, all K boxes are found.
+    ov_wh = ov[:, 0, 2:] - ov[:, 0, :2]
+    large = (ov_wh / (geom1.crop[:, 2:] - geom1.crop[:, :2])).min(dim=1).values > 0.5
+    assert large.sum() > 1000
+    assert valid[large].float().mean() > 0.99
+    assert valid.float().mean() > 0.95
+
+
+def test_all_invalid_without_overlap_or_when_overlap_is_too_small():
+    size = torch.full((3, 2), 224.0, dtype=torch.float64)
+    crop1 = torch.tensor([[0, 0, 100, 100], [0, 0, 100, 100], [0, 0, 100, 100]], dtype=torch.float64)
+    # Disjoint; touching at an edge; overlapping by 10 source px (= 22 view px < 32).
+    crop2 = torch.tensor([[200, 200, 300, 300], [100, 0, 200, 100], [90, 0, 190, 100]], dtype=torch.float64)
+    flipped = torch.zeros(3, dtype=torch.bool)
+    pairs = sample_box_pairs(ViewGeometry(crop1, flipped, size), ViewGeometry(crop2, flipped, size))
+    assert not pairs.valid.any()
+    assert (pairs.boxes1 == 0).all() and (pairs.boxes2 == 0).all()
+
+
+def test_min_size_is_measured_in_the_view_where_the_overlap_looks_smallest():
+    # View 1 magnifies 4x, view 2 shows the same region at 0.5x: boxes need >= 64 source px.
+    geom1 = ViewGeometry.full(1000, 1000).crop_to([0.0, 0.0, 56.0, 56.0]).resize(224, 224)
+    geom2 = ViewGeometry.full(1000, 1000).crop_to([0.0, 0.0, 448.0, 448.0]).resize(224, 224)
+    pairs = sample_box_pairs(geom1, geom2, min_size=32)
+    assert not pairs.valid.any()  # the overlap is 56 source px, 28 px in view 2
+    geom1 = ViewGeometry.full(1000, 1000).crop_to([0.0, 0.0, 200.0, 200.0]).resize(224, 224)
+    pairs = sample_box_pairs(geom1, geom2, min_size=32, generator=torch.Generator().manual_seed(0))
+    assert pairs.valid.any()
+    wh2 = (pairs.boxes2[..., 2:] - pairs.boxes2[..., :2])[pairs.valid]
+    assert wh2.min() >= 32 - 1e-4
+
+
+def test_matches_sequential_greedy_rejection():
+    """Kept boxes are a subset of what the sequential rule keeps from the same candidates."""
+    from scrl.box_sampler import _draw_candidates, _greedy_iou_keep
+
+    geom1, geom2 = random_view_pairs(200, seed=5)
+    lo = torch.maximum(geom1.crop[:, :2], geom2.crop[:, :2]).float().T
+    extent = torch.minimum(geom1.crop[:, 2:], geom2.crop[:, 2:]).float().T - lo
+    min_extent = 32 / torch.minimum(geom1.scale, geom2.scale).float().T
+    candidates = _draw_candidates(lo, extent, min_extent, 30, "uniform", torch.Generator().manual_seed(0))
+    ok = (extent >= min_extent).all(dim=0).expand(30, -1)
+    keep = _greedy_iou_keep(candidates, ok, 0.5)
+    agree = 0
+    for n in torch.nonzero(ok[0]).flatten().tolist():
+        reference = sequential_greedy(candidates[:, :, n].T, 0.5)
+        ours = torch.nonzero(keep[:, n]).flatten().tolist()
+        assert set(ours) <= set(reference)
+        agree += ours[:10] == reference[:10]
+    assert agree / int(ok[0].sum()) > 0.97
+
+
+def test_iou_threshold_none_keeps_the_first_candidates():
+    geom1, geom2 = random_view_pairs(64, seed=2)
+    pairs = sample_box_pairs(geom1, geom2, iou_threshold=None, generator=torch.Generator().manual_seed(0))
+    feasible = pairs.valid.any(dim=1)
+    assert pairs.valid[feasible].all()  # nothing rejected
+    iou = box_iou_pairwise(pairs.boxes1[feasible])
+    assert (iou > 0.5).any()  # and overlapping boxes do occur without rejection
+
+
+def test_same_seed_same_boxes_and_different_seed_different_boxes():
+    geom1, geom2 = random_view_pairs(32, seed=3)
+    sampler = BoxPairSampler()
+    a = sampler(geom1, geom2, generator=torch.Generator().manual_seed(7))
+    b = sampler(geom1, geom2, generator=torch.Generator().manual_seed(7))
+    c = sampler(geom1, geom2, generator=torch.Generator().manual_seed(8))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.boxes1, c.boxes1)
+
+
+def test_jitter_moves_view2_boxes_by_at_most_the_ratio():
+    geom1, geom2 = random_view_pairs(500, seed=4)
+    plain = sample_box_pairs(geom1, geom2, generator=torch.Generator().manual_seed(0))
+    jittered = sample_box_pairs(geom1, geom2, jitter=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.boxes1, jittered.boxes1) and torch.equal(plain.valid, jittered.valid)
+    v = plain.valid
+    wh = (plain.boxes2[..., 2:] - plain.boxes2[..., :2])[v]
+    shift = (jittered.boxes2 - plain.boxes2)[v].abs()
+    # centre moves <= 0.1 w, half-size changes <= 0.05 w: each edge moves <= 0.15 w.
+    assert (shift <= 0.15 * wh.repeat(1, 2) + 1e-3).all()
+    assert shift.max() > 0
+    assert ((jittered.boxes2 >= 0) & (jittered.boxes2 <= 224)).all()
+
+
+def test_single_view_geometry_is_a_batch_of_one():
+    geom1 = ViewGeometry.full(300, 200).crop_to([0.0, 0.0, 200.0, 200.0]).resize(96, 96)
+    geom2 = ViewGeometry.full(300, 200).crop_to([50.0, 0.0, 250.0, 200.0]).resize(96, 96).hflip()
+    pairs = sample_box_pairs(geom1, geom2, num_boxes=4, min_size=16, generator=torch.Generator().manual_seed(0))
+    assert isinstance(pairs, BoxPairs) and pairs.boxes1.shape == (1, 4, 4)
+    assert pairs.valid.all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_boxes": 0}, "num_boxes"),
+        ({"num_boxes": 2.5}, "num_boxes"),
+        ({"min_size": 0}, "min_size"),
+        ({"min_size": -3}, "min_size"),
+        ({"iou_threshold": -0.1}, "iou_threshold"),
+        ({"iou_threshold": 1.5}, "iou_threshold"),
+        ({"jitter": -0.1}, "jitter"),
+        ({"mode": "random"}, "mode"),
+        ({"candidates_per_box": 0}, "candidates_per_box"),
+    ],
+)
+def test_bad_arguments_raise_value_errors_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        BoxPairSampler(**kwargs)
+    geom1, geom2 = random_view_pairs(2, seed=0)
+    with pytest.raises(ValueError, match=name):
+        sample_box_pairs(geom1, geom2, **kwargs)
+
+
+def test_mismatched_batches_raise():
+    geom1, _ = random_view_pairs(3, seed=0)
+    _, geom2 = random_view_pairs(4, seed=0)
+    with pytest.raises(ValueError, match="same batch shape"):
+        sample_box_pairs(geom1, geom2)
+
+
+def test_repr_lists_settings():
+    assert "num_boxes=10" in repr(BoxPairSampler()) and "iou_threshold=0.5" in repr(BoxPairSampler())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_invariants_and_does_not_sync():
+    geom1, geom2 = random_view_pairs(256, seed=6)
+    geom1, geom2 = geom1.to("cuda"), geom2.to("cuda")
+    sampler = BoxPairSampler()
+    sampler(geom1, geom2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pairs = sampler(geom1, geom2, generator=torch.Generator("cuda").manual_seed(0))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert pairs.boxes1.is_cuda and pairs.valid.float().mean().item() > 0.95

@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from scrl import ViewGeometry
+from scrl.geometry import box_iou_pairwise
+
+
+def random_geometry(generator: torch.Generator, width: float = 500.0, height: float = 375.0) -> ViewGeometry:
+    x0, y0 = torch.rand(2, generator=generator, dtype=torch.float64) * torch.tensor([width, height]) * 0.5
+    w, h = (torch.rand(2, generator=generator, dtype=torch.float64) * 0.5 + 0.1) * torch.tensor([width, height])
+    out_h, out_w = torch.randint(16, 300, (2,), generator=generator).tolist()
+    geom = ViewGeometry.full(width, height).crop_to(torch.stack([x0, y0, x0 + w, y0 + h])).resize(out_h, out_w)
+    return geom.hflip() if torch.rand(1, generator=generator).item() < 0.5 else geom
+
+
+def random_boxes(generator: torch.Generator, n: int, width: float, height: float) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=generator, dtype=torch.float64) * torch.tensor([width, height])
+    wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * torch.tensor([width, height]) * 0.3
+    return torch.cat([xy, xy + wh], dim=-1)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_round_trip_source_view_source(seed):
+    g = torch.Generator().manual_seed(seed)
+    geom = random_geometry(g)
+    boxes = random_boxes(g, 16, 500.0, 375.0)
+    view = geom.source_to_view(boxes)
+    assert (view[:, 0] <= view[:, 2]).all() and (view[:, 1] <= view[:, 3]).all()
+    torch.testing.assert_close(geom.view_to_source(view), boxes, rtol=0, atol=1e-9)
+
+
+def test_crop_maps_to_full_view_and_flip_mirrors():
+    geom = ViewGeometry.full(640, 480).crop_to([100.0, 50.0, 420.0, 290.0]).resize(224, 112)
+    crop = torch.tensor([100.0, 50.0, 420.0, 290.0], dtype=torch.float64)
+    torch.testing.assert_close(geom.source_to_view(crop), torch.tensor([0.0, 0.0, 112.0, 224.0], dtype=torch.float64))
+    # A box in the left quarter of the crop lands in the right quarter once flipped.
+    left = torch.tensor([100.0, 50.0, 180.0, 290.0], dtype=torch.float64)
+    torch.testing.assert_close(geom.hflip().source_to_view(left), torch.tensor([84.0, 0.0, 112.0, 224.0], dtype=torch.float64))
+    assert geom.hflip().hflip().flipped.item() is False
+
+
+def test_nested_crop_of_flipped_view_is_exact():
+    # Crop the right half of a flipped view: that is the LEFT half of the original crop.
+    geom = ViewGeometry.full(400, 300).crop_to([40.0, 30.0, 240.0, 130.0]).resize(100, 200).hflip()
+    half = geom.crop_to([100.0, 0.0, 200.0, 100.0])
+    torch.testing.assert_close(half.crop, torch.tensor([40.0, 30.0, 140.0, 130.0], dtype=torch.float64))
+    assert half.flipped.item() and half.size.tolist() == [100.0, 100.0]
+
+
+def test_scale_is_view_pixels_per_source_pixel():
+    geom = ViewGeometry.full(640, 480).crop_to([0.0, 0.0, 320.0, 120.0]).resize(60, 640)
+    torch.testing.assert_close(geom.scale, torch.tensor([2.0, 0.5], dtype=torch.float64))
+
+
+def test_batches_with_default_collate_and_maps_per_image():
+    g = torch.Generator().manual_seed(0)
+    geoms = [random_geometry(g) for _ in range(5)]
+    batch = default_collate(geoms)
+    assert isinstance(batch, ViewGeometry)
+    assert batch.crop.shape == (5, 4) and batch.flipped.shape == (5,) and batch.size.shape == (5, 2)
+    boxes = torch.stack([random_boxes(g, 3, 500.0, 375.0) for _ in range(5)])
+    mapped = batch.source_to_view(boxes)
+    for i, geom in enumerate(geoms):
+        torch.testing.assert_close(mapped[i], geom.source_to_view(boxes[i]))
+    # One box per image ([N, 4]) broadcasts too.
+    torch.testing.assert_close(batch.source_to_view(boxes[:, 0]), mapped[:, 0])
+
+
+def test_box_shape_mismatch_is_a_value_error():
+    batch = default_collate([ViewGeometry.full(10, 10)] * 3)
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        batch.source_to_view(torch.zeros(4, 2, 4))
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        batch.source_to_view(torch.zeros(3, 2, 5))
+
+
+def test_full_rejects_empty_image():
+    with pytest.raises(ValueError, match="width=0"):
+        ViewGeometry.full(0, 10)
+
+
+def test_box_iou_pairwise_matches_torchvision():
+    from torchvision.ops import box_iou
+
+    g = torch.Generator().manual_seed(3)
+    boxes = random_boxes(g, 12, 100.0, 100.0).float()
+    torch.testing.assert_close(box_iou_pairwise(boxes), box_iou(boxes, boxes))
+    batched = torch.stack([boxes, boxes.flip(0)])
+    torch.testing.assert_close(box_iou_pairwise(batched)[1], box_iou(boxes.flip(0), boxes.flip(0)))
