@@ -1,0 +1,152 @@
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from scrl.transforms import BatchPhotometric
+from scrl.transforms.batch_photometric import adjust_hue, gaussian_blur
+
+STEPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+
+
+def images(batch: int = 6, size: int = 40, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # Smooth colour gradients plus noise: every channel differs, every hue occurs.
+    ramp = torch.linspace(0, 1, size)
+    base = torch.stack([ramp[None].expand(size, size), ramp[:, None].expand(size, size), 1 - ramp[None].expand(size, size)])
+    noise = torch.rand(batch, 3, size, size, generator=g)
+    return ((0.6 * base + 0.4 * noise) * 255).round().to(torch.uint8)
+
+
+def reference(image: torch.Tensor, params: dict[str, torch.Tensor], i: int, kernel_size: int) -> torch.Tensor:
+    """The per-image torchvision ops with sample ``i``'s parameters, on a float image in [0, 1]."""
+    x = image.float() / 255
+    for step in params["order"][i].tolist():
+        x = STEPS[step](x, params["factors"][i, step].item())
+    if params["grayscale"][i]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if params["blur"][i]:
+        sigma = params["sigma"][i].item()
+        x = TF.gaussian_blur(x, [kernel_size, kernel_size], [sigma, sigma])
+    if params["solarize"][i]:
+        x = TF.solarize(x, 0.5)
+    return x
+
+
+@pytest.mark.parametrize("shift", [-0.5, -0.1, 0.0, 0.05, 0.3])
+def test_adjust_hue_matches_torchvision(shift):
+    x = images().float() / 255
+    expected = torch.stack([TF.adjust_hue(im, shift) for im in x])
+    torch.testing.assert_close(adjust_hue(x, torch.full((len(x),), shift)), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.8, 2.0])
+def test_gaussian_blur_matches_torchvision(sigma):
+    x = images().float() / 255
+    expected = torch.stack([TF.gaussian_blur(im, [9, 9], [sigma, sigma]) for im in x])
+    torch.testing.assert_close(gaussian_blur(x, torch.full((len(x),), sigma), 9), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("view", [1, 2])
+@pytest.mark.parametrize("seed", range(4))
+def test_each_sample_matches_the_torchvision_ops_with_its_parameters(view, seed):
+    x = images(seed=seed)
+    augment = BatchPhotometric(view=view, kernel_size=7, normalize=False, grayscale_p=0.5, solarize_p=0.5)
+    params = augment.sample_parameters(len(x), x.device, torch.Generator().manual_seed(seed))
+    out = augment(x, params=params)
+    for i in range(len(x)):
+        # Within uint8 rounding of the per-image pipeline.
+        torch.testing.assert_close(out[i], reference(x[i], params, i, 7), rtol=0, atol=1 / 255)
+
+
+def test_normalisation_and_uint8_float_inputs_agree():
+    x = images()
+    augment = BatchPhotometric(view=1)
+    params = augment.sample_parameters(len(x), x.device, torch.Generator().manual_seed(0))
+    from_uint8 = augment(x, params=params)
+    from_float = augment(x.float() / 255, params=params)
+    torch.testing.assert_close(from_uint8, from_float)
+    plain = BatchPhotometric(view=1, normalize=False)(x, params=params)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(from_uint8, (plain - mean) / std)
+
+
+def test_parameters_differ_across_the_batch_and_follow_the_generator():
+    augment = BatchPhotometric(view=2)
+    params = augment.sample_parameters(64, torch.device("cpu"), torch.Generator().manual_seed(1))
+    jittered = params["factors"][:, 0] != 1.0
+    assert params["factors"][jittered, 0].unique().numel() == int(jittered.sum())
+    assert len({tuple(o) for o in params["order"].tolist()}) > 10
+    again = augment.sample_parameters(64, torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert all(torch.equal(params[k], again[k]) for k in params)
+    x = images(batch=8)
+    out = augment(x, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(out[0], out[1])
+    torch.testing.assert_close(out, augment(x, generator=torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.parametrize("view, blur_p, solarize_p", [(1, 1.0, 0.0), (2, 0.1, 0.2)])
+def test_statistics_match_the_paper_probabilities(view, blur_p, solarize_p):
+    n = 20000
+    augment = BatchPhotometric(view=view)
+    params = augment.sample_parameters(n, torch.device("cpu"), torch.Generator().manual_seed(0))
+    tolerance = 4 * (0.25 / n) ** 0.5  # four standard errors of a share
+    jittered = params["factors"][:, 3] != 0
+    assert abs(jittered.float().mean().item() - 0.8) < tolerance
+    assert abs(params["grayscale"].float().mean().item() - 0.2) < tolerance
+    assert abs(params["blur"].float().mean().item() - blur_p) < tolerance
+    assert abs(params["solarize"].float().mean().item() - solarize_p) < tolerance
+    brightness = params["factors"][jittered, 0]
+    # U(0.6, 1.4): mean 1, std 0.8 / sqrt(12).
+    assert abs(brightness.mean().item() - 1.0) < 0.01
+    assert abs(brightness.std().item() - 0.8 / 12**0.5) < 0.01
+    assert params["factors"][jittered, 3].abs().max() <= 0.1
+    assert params["sigma"].min() >= 0.1 and params["sigma"].max() <= 2.0
+    # Every one of the 24 orders of the four jitter steps occurs about equally often.
+    codes = (params["order"] * torch.tensor([64, 16, 4, 1])).sum(1)
+    counts = torch.bincount(codes, minlength=256)
+    counts = counts[counts > 0]
+    assert counts.numel() == 24 and (counts.float() / n - 1 / 24).abs().max() < 0.01
+
+
+def test_batched_pipeline_statistics_match_the_per_image_pipeline():
+    """Mean brightness and the share of gray and solarised views of the whole pipelines agree."""
+    from PIL import Image
+
+    from scrl.transforms import byol_photometric
+
+    x = images(batch=1, size=32)[0]
+    n = 600
+    batched = BatchPhotometric(view=2, normalize=False)(x.expand(n, -1, -1, -1), generator=torch.Generator().manual_seed(0))
+    per_image_step = byol_photometric(view=2, size=32)
+    pil = Image.fromarray(x.permute(1, 2, 0).numpy())
+    torch.manual_seed(0)
+    per_image = torch.stack([TF.pil_to_tensor(per_image_step(pil)).float() / 255 for _ in range(n)])
+    for name, stat in (
+        ("mean level", lambda v: v.mean(dim=(1, 2, 3))),
+        ("gray share", lambda v: (v.std(dim=1).mean(dim=(1, 2)) < 1e-3).float()),
+    ):
+        a, b = stat(batched), stat(per_image)
+        standard_error = ((a.var() + b.var()) / n).sqrt().item()
+        assert abs(a.mean().item() - b.mean().item()) < 4 * standard_error + 0.01, name
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"view": 3}, "view"),
+        ({"kernel_size": 4}, "kernel_size"),
+        ({"brightness": 1.5}, "brightness"),
+        ({"hue": 0.7}, "hue"),
+        ({"jitter_p": 1.2}, "jitter_p"),
+        ({"blur_sigma": (0.0, 1.0)}, "blur_sigma"),
+    ],
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        BatchPhotometric(**kwargs)
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match="images"):
+        BatchPhotometric()(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))

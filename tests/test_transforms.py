@@ -1,0 +1,376 @@
+"""scrl.transforms: crop sampling, tracked geometry, flips, photometric steps, outputs, arguments."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as F
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from scrl import TwoViewTransform, ViewGeometry
+from scrl.transforms import (
+    GaussianBlur,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    ViewTransform,
+    blur_kernel_size,
+    byol_photometric,
+    byol_view,
+    normalize_uint8,
+    random_resized_crop_params,
+    to_rgb,
+)
+
+
+def noise_image(width: int = 300, height: int = 200, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- crop parameters
+@pytest.mark.parametrize("size", [(500, 375), (333, 640), (64, 64), (1000, 10), (10, 1000), (1, 1)])
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.2, 1.0), (0.9, 1.0)])
+def test_crop_params_match_torchvision_draw_for_draw(size, scale):
+    width, height = size
+    img = Image.new("RGB", size)
+    ratio = (3 / 4, 4 / 3)
+    generator = torch.Generator()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        i, j, h, w = T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
+        box = random_resized_crop_params(width, height, scale, ratio, generator.manual_seed(seed))
+        assert box == (j, i, j + w, i + h)
+
+
+def test_crop_params_cover_the_scale_and_ratio_ranges():
+    # A square image keeps the ratio distribution symmetric: every crop that fits one way fits the other.
+    width, height, scale, ratio = 400, 400, (0.2, 1.0), (3 / 4, 4 / 3)
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([random_resized_crop_params(width, height, scale, ratio, generator) for _ in range(3000)])
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    assert (w >= 1).all() and (h >= 1).all()
+    # w and h are rounded to whole pixels, so the drawn area and ratio hold up to half a pixel per side.
+    area = width * height
+    assert ((w + 0.5) * (h + 0.5) >= scale[0] * area).all() and ((w - 0.5) * (h - 0.5) <= scale[1] * area).all()
+    assert ((w + 0.5) / (h - 0.5) >= ratio[0]).all() and ((w - 0.5) / (h + 0.5) <= ratio[1]).all()
+    fraction = w * h / area
+    assert fraction.quantile(0.05) < 0.3 and fraction.quantile(0.95) > 0.8  # the whole range is used
+    log_ratio = torch.log(w / h)
+    assert log_ratio.min() < math.log(0.8) and log_ratio.max() > math.log(1.25)
+    assert abs(log_ratio.mean()) < 0.03  # log-uniform around 1
+
+
+def test_crop_falls_back_to_a_ratio_clamped_centre_crop():
+    # No 10%-area crop of a 1000x10 strip has a ratio <= 4/3 and fits: centre crop 13x10.
+    assert random_resized_crop_params(1000, 10, (0.9, 1.0), generator=torch.Generator()) == (493.0, 0.0, 506.0, 10.0)
+
+
+# ---------------------------------------------------------------- geometric steps
+INTERPOLATIONS = [InterpolationMode.NEAREST, InterpolationMode.BILINEAR, InterpolationMode.BICUBIC]
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_geometric_view_equals_torchvision_pipeline(interpolation):
+    """Same seed, same crop and flip as torchvision; same pixels except at the view border.
+
+    At the border the one-step resample reads source pixels just outside the crop, where
+    torchvision's crop-then-resize repeats the crop's edge pixels (nearest has no border).
+    """
+    img = noise_image(320, 240)
+    view = byol_view(1, size=64, photometric=False, normalize=False, interpolation=interpolation)
+    plain = T.Compose(
+        [T.RandomResizedCrop(64, (0.2, 1.0), interpolation=interpolation), T.RandomHorizontalFlip(), T.ToTensor()]
+    )
+    for seed in range(10):
+        x, geom = view(img, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        y = plain(img)
+        border = 0 if interpolation == InterpolationMode.NEAREST else 4  # crops >= 143 px: filter reach < 3 view px
+        inner = (slice(None), slice(border, 64 - border), slice(border, 64 - border))
+        assert torch.equal(x[inner], y[inner])
+        torch.manual_seed(seed)
+        i, j, h, w = T.RandomResizedCrop.get_params(img, [0.2, 1.0], [3 / 4, 4 / 3])
+        assert geom.crop.tolist() == [j, i, j + w, i + h]
+        assert bool(geom.flipped) == bool(torch.rand(1) < 0.5)
+        assert geom.size.tolist() == [64.0, 64.0]
+
+
+def test_geometry_round_trips_source_view_source():
+    img = noise_image(300, 200)
+    view = byol_view(2, size=(48, 80), photometric=False)
+    for seed in range(50):
+        _, geom = view(img, generator=torch.Generator().manual_seed(seed))
+        x0, y0, x1, y1 = geom.crop.tolist()
+        corner = torch.rand(2, 20, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        low = torch.minimum(corner[0], corner[1]) * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
+        high = torch.maximum(corner[0], corner[1]) * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
+        boxes = torch.cat([low, high], dim=-1)
+        in_view = geom.source_to_view(boxes)
+        assert (in_view >= -1e-9).all()
+        assert (in_view[:, 0::2] <= 80 + 1e-9).all() and (in_view[:, 1::2] <= 48 + 1e-9).all()
+        torch.testing.assert_close(geom.view_to_source(in_view), boxes, rtol=0, atol=1e-9)
+        whole_view = torch.tensor([0.0, 0.0, 80.0, 48.0], dtype=torch.float64)
+        torch.testing.assert_close(geom.source_to_view(geom.crop), whole_view)
+
+
+def test_chained_steps_compose_geometry():
+    img = noise_image(300, 200)
+    first = RandomResizedCrop((120, 150), scale=(0.5, 1.0))
+    second = RandomResizedCrop((40, 40), scale=(0.3, 1.0))
+    generator = torch.Generator().manual_seed(3)
+    view, geom = first(img, generator=generator)
+    view, geom = RandomHorizontalFlip(1.0)(view, geom)
+    view, geom = second(view, geom, generator=generator)
+    generator.manual_seed(3)
+    box_a = random_resized_crop_params(300, 200, (0.5, 1.0), generator=generator)
+    box_b = random_resized_crop_params(150, 120, (0.3, 1.0), generator=generator)
+    expected = ViewGeometry.full(300, 200).crop_to(box_a).resize(120, 150).hflip().crop_to(box_b).resize(40, 40)
+    for got, want in zip(geom, expected):
+        torch.testing.assert_close(got, want)
+    assert view.size == (40, 40)
+
+
+def test_flip_frequency_and_extremes():
+    img = Image.new("RGB", (4, 4))
+    generator = torch.Generator().manual_seed(0)
+    flips = [bool(RandomHorizontalFlip(0.5)(img, generator=generator)[1].flipped) for _ in range(4000)]
+    assert abs(np.mean(flips) - 0.5) < 0.04  # 5 binomial standard deviations
+    assert not any(RandomHorizontalFlip(0.0)(img)[1].flipped for _ in range(50))
+    assert all(RandomHorizontalFlip(1.0)(img)[1].flipped for _ in range(50))
+
+
+def test_flip_mirrors_pixels_and_geometry():
+    img = noise_image(30, 20)
+    mirrored, geom = RandomHorizontalFlip(1.0)(img)
+    assert np.array_equal(np.asarray(mirrored), np.asarray(img)[:, ::-1])
+    box = torch.tensor([2.0, 3.0, 5.0, 7.0], dtype=torch.float64)
+    assert geom.source_to_view(box).tolist() == [25.0, 3.0, 28.0, 7.0]
+
+
+# ---------------------------------------------------------------- randomness
+def test_generator_makes_views_reproducible_and_leaves_global_rng_alone():
+    img = noise_image()
+    transform = TwoViewTransform.byol(size=48)
+    state = torch.get_rng_state()
+    first = transform(img, generator=torch.Generator().manual_seed(7))
+    second = transform(img, generator=torch.Generator().manual_seed(7))
+    other = transform(img, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(first[:2], second[:2]):
+        assert torch.equal(a, b)
+    for a, b in zip(first[2:], second[2:]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_global_rng_seed_makes_views_reproducible():
+    img = noise_image()
+    transform = TwoViewTransform.byol(size=48)
+    torch.manual_seed(1)
+    first = transform(img)
+    torch.manual_seed(1)
+    second = transform(img)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert torch.equal(first[2].crop, second[2].crop)
+
+
+def test_transform_pickles_for_dataloader_workers():
+    transform = pickle.loads(pickle.dumps(TwoViewTransform.byol(size=32)))
+    img = noise_image()
+    a = transform(img, generator=torch.Generator().manual_seed(0))
+    b = TwoViewTransform.byol(size=32)(img, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# ---------------------------------------------------------------- photometric steps
+def test_photometric_steps_follow_table_a1():
+    def steps(view):
+        found = byol_photometric(view, 224).transforms
+        return {type(s.transforms[0] if isinstance(s, T.RandomApply) else s).__name__: s for s in found}
+
+    for view, blur_p, solarize_p in ((1, 1.0, 0.0), (2, 0.1, 0.2)):
+        found = steps(view)
+        jitter = found["ColorJitter"]
+        assert jitter.p == 0.8
+        cj = jitter.transforms[0]
+        assert (cj.brightness, cj.contrast, cj.saturation, cj.hue) == ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
+        assert found["RandomGrayscale"].p == 0.2
+        blur = found["GaussianBlur"]
+        assert getattr(blur, "p", 1.0) == blur_p
+        blur = blur.transforms[0] if isinstance(blur, T.RandomApply) else blur
+        assert blur.kernel_size == (23, 23) and blur.sigma == (0.1, 2.0)
+        if solarize_p:
+            assert found["RandomSolarize"].p == solarize_p and found["RandomSolarize"].threshold == 128
+        else:
+            assert "RandomSolarize" not in found
+    assert list(steps(2)) == ["ColorJitter", "RandomGrayscale", "GaussianBlur", "RandomSolarize"]
+
+
+def test_photometric_steps_change_pixels_not_geometry():
+    img = noise_image()
+    geometric_only = byol_view(1, size=48, photometric=False, normalize=False)
+    plain, g_plain = geometric_only(img, generator=torch.Generator().manual_seed(0))
+    noisy, g_noisy = byol_view(1, size=48, normalize=False)(img, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(g_plain.crop, g_noisy.crop) and torch.equal(g_plain.flipped, g_noisy.flipped)
+    assert not torch.equal(plain, noisy)
+    assert noisy.std() < plain.std()  # view 1 is always blurred: noise is smoothed
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
+def test_separable_blur_equals_torchvision_dense_blur(sigma):
+    img = noise_image(64, 48)
+    ours, dense = GaussianBlur(23, (sigma, sigma)), T.GaussianBlur(23, (sigma, sigma))
+    diff = np.abs(np.asarray(ours(img)).astype(int) - np.asarray(dense(img)).astype(int))
+    assert diff.max() <= 1  # float rounding before the final cast to 8 bits
+    pixels = F.pil_to_tensor(img).float() / 255
+    torch.testing.assert_close(ours(pixels), dense(pixels), rtol=0, atol=1e-5)
+    uint8 = F.pil_to_tensor(img)
+    assert ours(uint8).dtype == torch.uint8 and (ours(uint8).int() - dense(uint8).int()).abs().max() <= 1
+
+
+def test_blur_kernel_is_odd_and_about_a_tenth_of_the_side():
+    assert blur_kernel_size(224) == 23 and blur_kernel_size(96) == 9 and blur_kernel_size(10) == 1
+    assert all(blur_kernel_size(s) % 2 == 1 and abs(blur_kernel_size(s) - 0.1 * s) <= 2 for s in range(8, 600))
+
+
+# ---------------------------------------------------------------- outputs
+def test_output_kinds_agree():
+    img = noise_image()
+    seed = 5
+    unit, _ = byol_view(2, size=40, normalize=False)(img, generator=torch.Generator().manual_seed(seed))
+    normed, _ = byol_view(2, size=40)(img, generator=torch.Generator().manual_seed(seed))
+    raw, geom = byol_view(2, size=40, uint8=True)(img, generator=torch.Generator().manual_seed(seed))
+    assert unit.dtype == normed.dtype == torch.float32 and raw.dtype == torch.uint8
+    assert raw.shape == unit.shape == normed.shape == (3, 40, 40)
+    assert 0 <= unit.min() and unit.max() <= 1
+    assert torch.equal(raw, (unit * 255).round().to(torch.uint8))
+    torch.testing.assert_close(normed, F.normalize(unit, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    torch.testing.assert_close(normalize_uint8(raw[None])[0], normed, rtol=0, atol=1e-5)
+    assert isinstance(geom, ViewGeometry)
+
+
+def test_normalize_uint8_matches_torchvision_and_keeps_shape_device_dtype():
+    batch = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    want = F.normalize(batch.float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    torch.testing.assert_close(normalize_uint8(batch), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(normalize_uint8(batch[0]), want[0], rtol=0, atol=1e-5)
+    assert normalize_uint8(batch, dtype=torch.float64).dtype == torch.float64
+    assert normalize_uint8(batch, dtype=torch.bfloat16).dtype == torch.bfloat16
+    torch.testing.assert_close(normalize_uint8(batch, mean=(0.5,) * 3, std=(0.5,) * 3), batch.float() / 127.5 - 1)
+    for bad, match in (
+        (dict(batch=batch.float()), "uint8"),
+        (dict(batch=batch[:, :2]), "C"),
+        (dict(batch=batch, std=(0.2, 0.0, 0.2)), "std"),
+        (dict(batch=batch, dtype=torch.int32), "dtype"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            normalize_uint8(**bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_normalize_uint8_on_cuda_matches_cpu_without_host_syncs():
+    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    want = normalize_uint8(batch)
+    on_device = batch.cuda()
+    normalize_uint8(on_device)  # the first call puts the constants on the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = normalize_uint8(on_device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert got.device == on_device.device
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-6)
+
+
+def test_two_view_transform_accepts_plain_callables():
+    def plain_view(img):
+        return F.to_tensor(img), ViewGeometry.full(img.width, img.height)
+
+    x1, x2, g1, g2 = TwoViewTransform(plain_view, plain_view)(Image.new("L", (6, 4), 9))
+    assert x1.shape == (3, 4, 6) and torch.equal(g1.crop, g2.crop)
+    with pytest.raises(TypeError, match="view2"):
+        TwoViewTransform(plain_view, None)
+
+
+# ---------------------------------------------------------------- image modes and arguments
+CONVERTIBLE_MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"]
+BLANK_ONLY_MODES = ["PA", "LAB", "HSV", "I;16", "I;16B"]  # PIL cannot convert RGBA into these
+
+
+@pytest.mark.parametrize(
+    "mode, content",
+    [(m, "noise") for m in CONVERTIBLE_MODES] + [(m, "blank") for m in CONVERTIBLE_MODES + BLANK_ONLY_MODES],
+)
+def test_every_pil_mode_becomes_an_rgb_view(mode, content):
+    img = noise_image(50, 40).convert("RGBA").convert(mode) if content == "noise" else Image.new(mode, (50, 40))
+    if mode == "P":
+        img.info["transparency"] = 0
+    x1, x2, g1, g2 = TwoViewTransform.byol(size=24)(img, generator=torch.Generator().manual_seed(0))
+    assert x1.shape == x2.shape == (3, 24, 24) and torch.isfinite(x1).all() and torch.isfinite(x2).all()
+    assert (g1.crop[2:] <= torch.tensor([50.0, 40.0], dtype=torch.float64)).all()
+
+
+def test_sixteen_bit_images_are_rescaled_not_clipped():
+    values = np.array([[0, 255, 0x8000, 0xFFFF]], dtype=np.uint16)
+    for mode in ("I;16", "I;16B"):
+        img = Image.frombytes(mode, (4, 1), values.astype(">u2" if mode.endswith("B") else "<u2").tobytes())
+        grey = [to_rgb(img).getpixel((i, 0))[0] for i in range(4)]
+        assert grey == [0, 0, 128, 255] and to_rgb(img).mode == "RGB"
+
+
+@pytest.mark.parametrize("size", [(0, 7), (7, 0), (0, 0)])
+def test_empty_image_raises_naming_its_size(size):
+    with pytest.raises(ValueError, match=f"{size[0]}x{size[1]}"):
+        TwoViewTransform.byol(size=16)(Image.new("RGB", size))
+    with pytest.raises(ValueError, match=f"{size[0]}x{size[1]}"):
+        byol_view(1, size=16)(Image.new("L", size))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(view=0), "view"),
+        (dict(view=3), "view"),
+        (dict(view=True), "view"),
+        (dict(view=1, size=0), "size"),
+        (dict(view=1, size=-4), "size"),
+        (dict(view=1, size=(0, 8)), "size"),
+        (dict(view=1, size=2.5), "size"),
+        (dict(view=1, scale=(0.0, 1.0)), "scale"),
+        (dict(view=1, scale=(0.5, 0.2)), "scale"),
+        (dict(view=1, scale=(0.2, 1.5)), "scale"),
+        (dict(view=1, scale=(0.2,)), "scale"),
+        (dict(view=1, ratio=(0.0, 1.0)), "ratio"),
+        (dict(view=1, ratio=(2.0, 1.0)), "ratio"),
+        (dict(view=1, ratio=(1.0, math.inf)), "ratio"),
+        (dict(view=1, interpolation="bicubic"), "interpolation"),
+    ],
+)
+def test_bad_arguments_raise_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        byol_view(**kwargs)
+
+
+def test_bad_step_arguments_raise_naming_them():
+    with pytest.raises(ValueError, match="p must"):
+        RandomHorizontalFlip(1.5)
+    with pytest.raises(ValueError, match="scale"):
+        RandomResizedCrop(32, scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="size"):
+        TwoViewTransform.byol(size=0)
+    with pytest.raises(TypeError, match="PIL"):
+        RandomResizedCrop(32)(torch.zeros(3, 8, 8))
+
+
+def test_view_transform_without_geometric_steps_is_the_identity_view():
+    img = noise_image(20, 10)
+    x, geom = ViewTransform([], normalize=False)(img)
+    assert torch.equal(x, F.to_tensor(img))
+    assert geom.crop.tolist() == [0.0, 0.0, 20.0, 10.0] and geom.size.tolist() == [10.0, 20.0]
