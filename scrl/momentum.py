@@ -1,0 +1,110 @@
+"""The momentum (EMA) target network of BYOL / SCRL and its cosine schedule.
+
+Naming: ``tau`` is the weight KEPT on the target, ``xi <- tau * xi + (1 - tau) * theta``
+(paper notation); some frameworks call ``1 - tau`` "momentum".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MomentumTarget", "cosine_tau"]
+
+
+def cosine_tau(step: int, total_steps: int, base: float) -> float:
+    """Target weight at step ``k``: ``tau_k = 1 - (1 - base) * (cos(pi * k / K) + 1) / 2``.
+
+    Rises from ``base`` at ``k = 0`` to 1 at ``k = K`` (BYOL / SCRL schedule).
+
+    Args:
+        step: ``k``, the optimiser step, ``0 <= k <= total_steps``.
+        total_steps: ``K``, >= 1.
+        base: ``tau_base`` in ``[0, 1]`` (paper: 0.97 for 200 epochs, 0.996 for 1000).
+
+    Returns:
+        ``tau_k`` in ``[base, 1]``.
+
+    Example:
+        >>> cosine_tau(0, 100, 0.99), cosine_tau(50, 100, 0.99), cosine_tau(100, 100, 0.99)
+        (0.99, 0.995, 1.0)
+    """
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    if not 0 <= step <= total_steps:
+        raise ValueError(f"step must be in [0, total_steps={total_steps}], got {step!r}")
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"base must be in [0, 1], got {base!r}")
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0
+
+
+class MomentumTarget(nn.Module):
+    """An exponential moving average of an online module, used as the BYOL / SCRL target.
+
+    Starts as an exact deep copy of ``online`` (same weights and buffers), takes no gradients
+    and is updated in place by :meth:`update`. It stays in training mode whatever ``.train()`` /
+    ``.eval()`` its parent receives: as in BYOL, the target's BatchNorm layers use the
+    statistics of the current batch.
+
+    Args:
+        online: the module to follow; copied once here.
+
+    Attributes:
+        module: the target copy. Call it directly or through this module.
+
+    Example:
+        >>> encoder = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+        >>> target = MomentumTarget(encoder)
+        >>> # ... optimiser step on encoder ...
+        >>> target.update(encoder, tau=0.99)  # xi <- 0.99 xi + 0.01 theta
+        >>> with torch.no_grad():
+        ...     z = target(torch.randn(4, 8))
+    """
+
+    def __init__(self, online: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(online, nn.Module):
+            raise ValueError(f"online must be an nn.Module, got {type(online).__name__}")
+        self.module = copy.deepcopy(online)
+        self.module.requires_grad_(False)
+        self.train(True)
+
+    def train(self, mode: bool = True) -> "MomentumTarget":
+        """Keep training mode regardless of ``mode``: the target uses batch statistics (BYOL)."""
+        return super().train(True)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the target copy under ``torch.no_grad()``."""
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, online: nn.Module, tau: float) -> None:
+        """``xi <- tau * xi + (1 - tau) * theta`` for every parameter; buffers are copied.
+
+        One fused pass of ``torch._foreach_lerp_`` (``xi + (1 - tau)(theta - xi)``) and
+        ``torch._foreach_copy_``, with no host-device sync.
+
+        Args:
+            online: module with the same structure as the one this target was built from.
+            tau: weight kept on the target, in ``[0, 1]`` (1 freezes it, 0 copies ``online``).
+        """
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1] (weight kept on the target), got {tau!r}")
+        targets, sources = self._pairs(self.module.parameters(), online.parameters(), "parameters")
+        if targets:
+            torch._foreach_lerp_(targets, sources, 1.0 - tau)
+        targets, sources = self._pairs(self.module.buffers(), online.buffers(), "buffers")
+        if targets:
+            torch._foreach_copy_(targets, sources)
+
+    @staticmethod
+    def _pairs(targets: Any, sources: Any, what: str) -> tuple[list[Tensor], list[Tensor]]:
+        targets, sources = list(targets), [s.detach() for s in sources]
+        if len(targets) != len(sources) or any(t.shape != s.shape for t, s in zip(targets, sources)):
+            raise ValueError(f"online must have the same {what} (count and shapes) as the target's module")
+        return targets, sources
