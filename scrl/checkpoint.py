@@ -1,0 +1,175 @@
+"""Crash-safe checkpoints and the random-number state a bit-exact resume needs.
+
+A checkpoint is written to a temporary file in the target folder, flushed to disk, and renamed
+over the old one, so at every moment the folder holds either the previous complete checkpoint or
+the new complete one, never a torn file. Everything saved here loads with
+``torch.load(..., weights_only=True)``: RNG states are stored as tensors and plain Python values.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "restore_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+
+LAST_CHECKPOINT = "checkpoint_last.pth"
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable; not supported on every platform/file system.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically with :func:`torch.save`.
+
+    The data goes to a temporary file in the same folder, is fsync'ed, and replaces ``path``
+    with :func:`os.replace`; the folder is fsync'ed too. If the process dies at any point,
+    ``path`` still holds the previous complete checkpoint (or does not exist yet), and a
+    leftover temporary file is removed by the next save.
+
+    Args:
+        state: anything :func:`torch.save` accepts; keep to tensors, state dicts and plain
+            Python values so that :func:`load_checkpoint` can use ``weights_only=True``.
+        path: destination file; its folder is created if missing.
+
+    Example:
+        >>> save_checkpoint({"model": model.state_dict(), "step": 100}, "runs/a/checkpoint_last.pth")
+    """
+    path = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    prefix = f".tmp-{name}."
+    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
+        os.remove(stale)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: torch.device | str = "cpu", weights_only: bool = True) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: the checkpoint file.
+        map_location: device for all tensors; pass each rank's own device so that no rank
+            allocates memory on another rank's GPU.
+        weights_only: use PyTorch's restricted unpickler (safe for untrusted files). Only
+            pass ``False`` for trusted files holding arbitrary Python objects.
+
+    Returns:
+        The saved dict.
+    """
+    return torch.load(os.fspath(path), map_location=map_location, weights_only=weights_only)
+
+
+def restore_checkpoint(path: str | os.PathLike, map_location: torch.device | str = "cpu", **stateful: Any) -> dict:
+    """Load a checkpoint and hand each named entry to the matching object's ``load_state_dict``.
+
+    Args:
+        path: the checkpoint file (loaded with ``weights_only=True``).
+        map_location: device for all tensors (each rank's own device).
+        **stateful: objects with ``load_state_dict`` (model, optimizer, scheduler, grad scaler),
+            each restored from the checkpoint entry of the same name.
+
+    Returns:
+        The whole checkpoint, for the remaining entries (step, epoch, RNG states, ...).
+
+    Raises:
+        KeyError: the checkpoint lacks an entry for one of ``stateful``.
+
+    Example:
+        >>> ckpt = restore_checkpoint(path, device, model=model, optimizer=opt, scheduler=sched)
+        >>> start_step = ckpt["step"]
+    """
+    checkpoint = load_checkpoint(path, map_location)
+    missing = sorted(set(stateful) - set(checkpoint))
+    if missing:
+        raise KeyError(f"checkpoint {os.fspath(path)!r} has no entries {missing}; it holds {sorted(checkpoint)}")
+    for name, obj in stateful.items():
+        obj.load_state_dict(checkpoint[name])
+    return checkpoint
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> str | None:
+    """Path of the checkpoint to resume from in ``directory`` (``checkpoint_last.pth``), or None."""
+    path = os.path.join(os.fspath(directory), LAST_CHECKPOINT)
+    return path if os.path.isfile(path) else None
+
+
+def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Capture this process's random-number state: torch (CPU), CUDA (current device), numpy, Python.
+
+    Args:
+        generators: extra named ``torch.Generator`` objects to capture as well.
+
+    Returns:
+        A dict of tensors and plain values, loadable with ``weights_only=True``.
+    """
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "python": {"version": version, "internal": list(py_internal), "gauss": py_gauss},
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Restore a state captured by :func:`rng_state` (CUDA: onto the current device).
+
+    Args:
+        state: the captured state.
+        generators: the extra generators to restore, by the names used when capturing.
+
+    Raises:
+        ValueError: a generator in ``generators`` is missing from ``state``.
+    """
+    torch.set_rng_state(state["torch"].cpu())
+    np_state = state["numpy"]
+    np.random.set_state(
+        (np_state["kind"], np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["gauss"])
+    )
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+    for name, generator in (generators or {}).items():
+        if name not in state["generators"]:
+            raise ValueError(f"generators: no saved state for {name!r}; saved: {sorted(state['generators'])}")
+        generator.set_state(state["generators"][name].cpu())

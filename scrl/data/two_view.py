@@ -1,0 +1,144 @@
+"""Pretraining batches: two augmented views of each image, with geometries, made in the data workers."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+from ..geometry import ViewGeometry
+from .image_folder import ImageFolderDataset
+
+__all__ = ["TwoViewDataset", "TwoViewBatch", "collate_two_views", "mix_seed"]
+
+TwoViewFn = Callable[[Any], tuple[Tensor, Tensor, ViewGeometry, ViewGeometry]]
+
+
+def mix_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key and their order, e.g. ``mix_seed(seed, epoch, index)``.
+
+    Mixed with :class:`numpy.random.SeedSequence`, so nearby keys give unrelated streams.
+
+    Example:
+        >>> torch.Generator().manual_seed(mix_seed(0, 3, 17))  # sample 17 of epoch 3
+    """
+    if not keys or min(keys) < 0:
+        raise ValueError(f"keys must be one or more integers >= 0, got {keys}")
+    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class TwoViewBatch(NamedTuple):
+    """A collated pretraining batch.
+
+    Attributes:
+        view1: ``[B, 3, H, W]`` view-1 images (uint8 when the transform returns uint8).
+        view2: ``[B, 3, H, W]`` view-2 images.
+        geom1: batched :class:`~scrl.ViewGeometry` of view 1 (``crop`` ``[B, 4]`` source px ...).
+        geom2: batched geometry of view 2.
+        skipped: paths of unreadable files replaced while building this batch.
+    """
+
+    view1: Tensor
+    view2: Tensor
+    geom1: ViewGeometry
+    geom2: ViewGeometry
+    skipped: tuple[str, ...]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TwoViewBatch":
+        """Move views and geometries to ``device`` (asynchronously from pinned memory with ``non_blocking``)."""
+
+        def move(geom: ViewGeometry) -> ViewGeometry:
+            return ViewGeometry(*(t.to(device, non_blocking=non_blocking) for t in geom))
+
+        return TwoViewBatch(
+            self.view1.to(device, non_blocking=non_blocking),
+            self.view2.to(device, non_blocking=non_blocking),
+            move(self.geom1),
+            move(self.geom2),
+            self.skipped,
+        )
+
+
+def collate_two_views(items: Sequence[tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, tuple[str, ...]]]) -> TwoViewBatch:
+    """Stack :class:`TwoViewDataset` items into a :class:`TwoViewBatch` (views stay separate, never concatenated)."""
+    view1, view2, geom1, geom2, skipped = zip(*items)
+    return TwoViewBatch(
+        torch.stack(view1),
+        torch.stack(view2),
+        default_collate(list(geom1)),
+        default_collate(list(geom2)),
+        tuple(path for paths in skipped for path in paths),
+    )
+
+
+class TwoViewDataset(Dataset):
+    """Applies a two-view transform to the images of a dataset, with randomness fixed per sample.
+
+    The augmentation randomness of a sample is seeded from ``(seed, epoch, index)``
+    (:func:`mix_seed`), so a sample looks the same whichever worker, process or resumed run
+    produces it, and the number of workers does not change the training run. Keys are
+    ``(epoch, index)`` tuples as yielded by :class:`~scrl.data.ResumableSampler`, or plain
+    indices (epoch 0).
+
+    Images come from ``dataset[index]``: the item itself when it is an image, or its first
+    element for object-box datasets (``(image, boxes, labels)``). For an
+    :class:`ImageFolderDataset`, unreadable files are replaced and reported in the item.
+
+    Args:
+        dataset: an image dataset (see above).
+        transform: ``image -> (view1, view2, geom1, geom2)``, e.g.
+            ``scrl.TwoViewTransform.byol(size=224, uint8=True)``.
+        seed: base seed of the augmentations.
+
+    Each item is ``(view1, view2, geom1, geom2, skipped_paths)``; batch them with
+    :func:`collate_two_views`.
+
+    Example:
+        >>> ds = TwoViewDataset(SyntheticScenes(512), TwoViewTransform.byol(size=96, uint8=True), seed=0)
+        >>> loader = DataLoader(ds, batch_size=32, sampler=ResumableSampler(ds, 1, 0), collate_fn=collate_two_views)
+        >>> next(iter(loader)).view1.shape, next(iter(loader)).view1.dtype
+        (torch.Size([32, 3, 96, 96]), torch.uint8)
+    """
+
+    def __init__(self, dataset: Dataset, transform: TwoViewFn, seed: int = 0) -> None:
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def _image(self, index: int) -> tuple[Any, tuple[str, ...]]:
+        if isinstance(self.dataset, ImageFolderDataset):
+            image, skipped = self.dataset.load(index)
+            return image, tuple(skipped)
+        item = self.dataset[index]
+        return (item[0] if isinstance(item, tuple) else item), ()
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, tuple[str, ...]]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image, skipped = self._image(index)
+        seed = mix_seed(self.seed, epoch, index)
+        # Seed every generator a transform might draw from, and restore them afterwards so that
+        # the caller's streams (the training process's, with workers=0) are left untouched.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed the GPUs too
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                view1, view2, geom1, geom2 = self.transform(image)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        return view1, view2, geom1, geom2, skipped
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dataset={self.dataset!r}, transform={self.transform!r}, seed={self.seed})"

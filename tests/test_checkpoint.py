@@ -1,0 +1,91 @@
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from scrl import checkpoint as ckpt
+
+
+def _draws(generator):
+    return (torch.rand(3).tolist(), random.random(), np.random.rand(2).tolist(), np.random.randn(), torch.rand(2, generator=generator).tolist())
+
+
+def test_roundtrip_with_weights_only(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+        "step": 7,
+        "args": {"arch": "resnet18", "data": None, "lr": 0.1},
+        "skipped_files": ["/a/b.jpg"],
+        "rng": [ckpt.rng_state({"boxes": torch.Generator().manual_seed(1)})],
+    }
+    path = tmp_path / "run" / "checkpoint_last.pth"
+    ckpt.save_checkpoint(state, path)
+    loaded = ckpt.load_checkpoint(path)  # weights_only=True
+    assert loaded["step"] == 7 and loaded["args"] == state["args"] and loaded["skipped_files"] == ["/a/b.jpg"]
+    for k, v in state["model"].items():
+        assert torch.equal(loaded["model"][k], v)
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(loaded["optimizer"])
+    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    assert ckpt.latest_checkpoint(tmp_path / "run") == str(path)
+    assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+def test_rng_state_restores_every_generator(tmp_path):
+    generator = torch.Generator().manual_seed(11)
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    np.random.randn()  # leaves a cached Gaussian in numpy's state
+    state = ckpt.rng_state({"boxes": generator})
+    first = _draws(generator)
+    ckpt.save_checkpoint({"rng": state}, tmp_path / "c.pth")
+    torch.manual_seed(123), random.seed(123), np.random.seed(123), generator.manual_seed(123)
+    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "c.pth")["rng"], {"boxes": generator})
+    assert _draws(generator) == first
+    with pytest.raises(ValueError, match="other"):
+        ckpt.set_rng_state(state, {"other": torch.Generator()})
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pth"
+    ckpt.save_checkpoint({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint({"step": 2}, path)
+    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint_last.pth"]
+
+
+def test_save_is_synced_and_renamed_and_cleans_leftovers(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pth"
+    ckpt.save_checkpoint({"step": 1}, path)
+    # A process killed mid-save leaves its temporary file behind; it is never mistaken for a checkpoint.
+    (tmp_path / ".tmp-checkpoint_last.pth.dead").write_bytes(b"torn")
+    assert ckpt.latest_checkpoint(tmp_path) == str(path)
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync") or real_fsync(fd))
+
+    def replace(src, dst):
+        # At the moment of the rename the new data is complete and on disk, the old file still intact.
+        assert calls == ["fsync"] and ckpt.load_checkpoint(dst)["step"] == 1 and ckpt.load_checkpoint(src)["step"] == 2
+        calls.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    ckpt.save_checkpoint({"step": 2}, path)
+    assert calls == ["fsync", "replace", "fsync"]  # file, rename, folder
+    assert ckpt.load_checkpoint(path)["step"] == 2
+    assert os.listdir(tmp_path) == ["checkpoint_last.pth"]

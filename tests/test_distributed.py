@@ -1,0 +1,19 @@
+import pytest
+import torch
+
+from scrl import distributed
+
+
+def test_single_process_without_torchrun_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = distributed.init_distributed("cpu")
+    assert info == distributed.DistInfo(0, 1, 0, torch.device("cpu"))
+    assert distributed.get_rank() == 0 and distributed.get_world_size() == 1 and distributed.is_main_process()
+    assert distributed.all_gather_object({"a": 1}) == [{"a": 1}]
+    distributed.cleanup()  # no group: nothing to do
+
+
+def test_bad_device_is_rejected():
+    with pytest.raises(ValueError, match="device"):
+        distributed.init_distributed("tpu")

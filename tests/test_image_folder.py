@@ -1,0 +1,99 @@
+import io
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from scrl import ViewGeometry
+from scrl.data import ImageFolderDataset, ResumableSampler, TwoViewDataset, two_view_loader
+
+
+def _write_image(path, colour, fmt=None, size=(24, 16)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format=fmt)
+
+
+def _truncated_jpeg(path):
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, format="JPEG")
+    with open(path, "wb") as f:
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def _plain_views(image):
+    """A deterministic stand-in for a two-view transform: the image itself as uint8, twice."""
+    view = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3).permute(2, 0, 1)
+    geom = ViewGeometry.full(image.width, image.height)
+    return view, view.clone(), geom, geom
+
+
+def test_finds_images_at_any_depth_and_in_any_case(tmp_path):
+    _write_image(str(tmp_path / "b" / "x.JPG"), "red", "JPEG")
+    _write_image(str(tmp_path / "a" / "deep" / "y.png"), "green")
+    _write_image(str(tmp_path / "z.WebP"), "blue", "WEBP")
+    _write_image(str(tmp_path / "c.Bmp"), "white", "BMP")
+    _write_image(str(tmp_path / "d.jpeg"), "black", "JPEG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path)
+    names = [os.path.relpath(p, tmp_path) for p in ds.samples]
+    assert names == [os.path.join("a", "deep", "y.png"), os.path.join("b", "x.JPG"), "c.Bmp", "d.jpeg", "z.WebP"]
+    image = ds[3]
+    assert image.mode == "RGB" and image.size == (24, 16) and image.getpixel((3, 3)) == (0, 0, 0)
+
+
+def test_grayscale_and_rgba_files_load_as_rgb(tmp_path):
+    Image.new("L", (8, 8), 100).save(tmp_path / "g.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "t.png")
+    ds = ImageFolderDataset(tmp_path, transform=lambda im: im.getpixel((0, 0)))
+    assert ds[0] == (100, 100, 100) and ds[1] == (10, 20, 30)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=str(tmp_path).replace("\\", "\\\\") + ".*no images"):
+        ImageFolderDataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        ImageFolderDataset(tmp_path / "missing")
+
+
+def test_corrupt_files_are_replaced_and_reported(tmp_path, capsys):
+    _write_image(str(tmp_path / "0.png"), (0, 0, 0))
+    _truncated_jpeg(str(tmp_path / "1_truncated.jpg"))
+    (tmp_path / "2_text.jpg").write_text("this is not a JPEG")
+    _write_image(str(tmp_path / "3.png"), (3, 3, 3))
+    ds = ImageFolderDataset(tmp_path)
+    truncated, text = ds.samples[1], ds.samples[2]
+
+    image, skipped = ds.load(1)
+    # Deterministic substitute: the next readable file in path order.
+    assert image.getpixel((0, 0)) == (3, 3, 3) and skipped == [truncated, text]
+    assert set(ds.skipped) == {truncated, text}
+    assert "truncated" in ds.skipped[truncated].lower() or "OSError" in ds.skipped[truncated]
+    err = capsys.readouterr().err
+    assert truncated in err and text in err
+    # Known-bad files are reported again (per item) but not decoded again.
+    assert ds.load(2)[1] == [text] and ds.load(0)[1] == []
+
+
+def test_skipped_paths_reach_the_main_process_through_workers(tmp_path):
+    for i in range(6):
+        _write_image(str(tmp_path / f"{i}.png"), (i, i, i))
+    _truncated_jpeg(str(tmp_path / "2b.jpg"))
+    (tmp_path / "4b.jpg").write_text("text")
+    ds = TwoViewDataset(ImageFolderDataset(tmp_path), _plain_views, seed=0)
+    sampler = ResumableSampler(ds, num_replicas=1, rank=0, shuffle=False)
+    loader = two_view_loader(ds, sampler, batch_size=2, workers=2)
+    skipped = set()
+    for batch in loader:
+        assert batch.view1.dtype == torch.uint8 and batch.view1.shape == (2, 3, 16, 24)
+        skipped.update(batch.skipped)
+    assert skipped == {str(tmp_path / "2b.jpg"), str(tmp_path / "4b.jpg")}
+
+
+def test_everything_unreadable_raises(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_text("text")
+    with pytest.raises(RuntimeError, match="3 consecutive unreadable"):
+        ImageFolderDataset(tmp_path).load(0)
