@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .geometry import ViewGeometry, box_iou_pairwise
+from .geometry import ViewGeometry
 
 __all__ = ["BoxPairs", "BoxPairSampler", "sample_box_pairs"]
 
@@ -108,14 +108,20 @@ def _greedy_iou_keep(boxes: Tensor, candidate_ok: Tensor, iou_threshold: float) 
         bool ``[M, N]``.
     """
     a, b = boxes[:, :, None], boxes[:, None]  # [4, M, 1, N] against [4, 1, M, N]
-    inter_w = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp_(min=0)
-    inter_h = (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp_(min=0)
-    inter = inter_w.mul_(inter_h)
-    area = (boxes[2] - boxes[0]) * (boxes[3] - boxes[1])
-    # IoU > t  <=>  inter > t * (area_a + area_b - inter), without a division.
-    conflict = inter.mul_(1 + iou_threshold) > (area[:, None] + area[None]).mul_(iou_threshold)
+    # In-place arithmetic on two [M, M, N] buffers: fresh allocations of this size cost more
+    # than the arithmetic on CPU.
+    low = torch.maximum(a[0], b[0])
+    inter_w = torch.minimum(a[2], b[2]).sub_(low)
+    inter_h = torch.minimum(a[3], b[3]).sub_(torch.maximum(a[1], b[1], out=low))
+    # A negative height times a width clamped at 0 stays <= 0: one clamp is enough.
+    inter = inter_w.clamp_(min=0).mul_(inter_h)
+    # IoU > t  <=>  inter > t / (1 + t) * (area_a + area_b), without a division.
+    scaled_area = (boxes[2] - boxes[0]) * (boxes[3] - boxes[1]) * (iou_threshold / (1 + iou_threshold))
     m = boxes.shape[1]
-    conflict &= torch.ones(m, m, dtype=torch.bool, device=boxes.device).tril(-1)[..., None]
+    # Only earlier candidates (j < m) can reject candidate m: an infinite bound elsewhere.
+    later = torch.full((m, m), torch.inf, dtype=boxes.dtype, device=boxes.device).triu_()[..., None]
+    bound = torch.add(scaled_area[:, None], scaled_area[None], out=inter_h).add_(later)
+    conflict = inter > bound
     # Integer sums reduce over the middle axis faster than bool any() on CPU; uint8 holds every
     # count below 256 candidates exactly.
     count_dtype = torch.uint8 if m < 256 else torch.int32
@@ -182,11 +188,16 @@ def sample_box_pairs(
     if geom1.crop.shape != geom2.crop.shape:
         raise ValueError(f"geom1 and geom2 must have the same batch shape, got {list(geom1.crop.shape)} and {list(geom2.crop.shape)}")
 
+    # Both views as one geometry of batch shape [2, N]: each step below runs once for both.
     dtype = torch.float32
-    crop1, crop2 = geom1.crop.to(dtype).T, geom2.crop.to(dtype).T
-    low = torch.maximum(crop1[:2], crop2[:2])
-    extent = torch.minimum(crop1[2:], crop2[2:]) - low
-    min_extent = min_size / torch.minimum(geom1.scale, geom2.scale).to(dtype).T
+    views = ViewGeometry(
+        torch.stack([geom1.crop, geom2.crop]).to(dtype),
+        torch.stack([geom1.flipped, geom2.flipped]),
+        torch.stack([geom1.size, geom2.size]).to(dtype),
+    )
+    low = views.crop[..., :2].amax(dim=0).T  # [2 (x, y), N]
+    extent = views.crop[..., 2:].amin(dim=0).T - low
+    min_extent = min_size / views.scale.amin(dim=0).T
     feasible = (extent >= min_extent).all(dim=0)
 
     num_candidates = num_boxes * candidates_per_box
@@ -200,25 +211,14 @@ def sample_box_pairs(
     valid = keep.T.gather(1, first)
     source = candidates.permute(2, 1, 0).gather(1, first[..., None].expand(-1, -1, 4))
 
-    boxes1 = geom1.source_to_view(source)
-    boxes2 = geom2.source_to_view(source)
+    boxes = views.source_to_view(source.expand(2, -1, -1, -1))  # [2, N, K, 4]
     if jitter > 0:
-        boxes2 = _jitter_boxes(boxes2, geom2.size, jitter, generator)
-    # Float rounding can put an edge a hair outside the view; the boxes lie inside in exact arithmetic.
-    boxes1 = _clamp_to_view(boxes1, geom1.size)
-    boxes2 = _clamp_to_view(boxes2, geom2.size)
-    zero = torch.zeros((), dtype=dtype, device=boxes1.device)
-    return BoxPairs(
-        torch.where(valid[..., None], boxes1, zero),
-        torch.where(valid[..., None], boxes2, zero),
-        valid,
-    )
-
-
-def _clamp_to_view(boxes: Tensor, size_hw: Tensor) -> Tensor:
-    limit = size_hw.flip(-1).to(boxes.dtype)[:, None]
-    limit = torch.cat([limit, limit], dim=-1)
-    return torch.minimum(boxes.clamp(min=0), limit)
+        boxes = torch.stack([boxes[0], _jitter_boxes(boxes[1], geom2.size, jitter, generator)])
+    # Float rounding can put an edge a hair outside a view, although in exact arithmetic every
+    # box lies inside both; invalid slots become zeros.
+    limit = views.size.flip(-1).repeat(1, 1, 2)[:, :, None]
+    boxes = torch.minimum(boxes.clamp(min=0), limit) * valid[..., None]
+    return BoxPairs(boxes[0], boxes[1], valid)
 
 
 class BoxPairSampler(torch.nn.Module):

@@ -1,0 +1,337 @@
+"""Small-scale quality: SCRL vs BYOL vs random initialisation, by RoI evaluation of the trunk.
+
+Both methods are pretrained by examples/pretrain_imagenet.py itself (its ``main``, same trunk,
+steps, seed and synthetic scenes), in chunks resumed exactly from its checkpoints so that the
+online RoI probe (``scrl.eval.roi_probe``) can be logged between them. Each trunk is then
+evaluated next to the random initialisation both methods start from, on
+
+* held-out synthetic scenes (same generator, another seed; 18 classes), and
+* the COCO128 photos (80 classes; split by image; skipped when the folder is absent),
+
+with RoI linear top-1 (mean +- std over linear heads, and over pretraining seeds where the
+budget has several), RoI k-NN top-1 (cosine, k = 20), and cross-view RoI retrieval top-1, each
+beside its chance rate and the majority-class rate.
+
+    python benchmarks/quality.py --budget smoke            # 2-3 minutes on a CPU: does it all run
+    python benchmarks/quality.py --budget cpu --json       # the pilot's size on a CPU (hours on 2 cores)
+    python benchmarks/quality.py --budget gpu --json       # one H100/H200, bf16, channels-last, < 10 minutes
+
+Prints a table and, with --json, one JSON object on the last line (keys ``random``, ``byol``,
+``scrl``, ``budget``, ``steps``, ``arch``, ``image_size`` and more). Draws the probe curves to
+docs/figures/roi_probe_<budget>.png when matplotlib is installed (pip install "scrl[plot]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
+from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, roi_probe, split_by_image
+from scrl.export import backbone_state_dict
+from scrl.trunk import Trunk, resnet_trunk
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_COCO128 = ROOT.parent / "shared" / "data" / "coco128-train"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Everything a budget fixes. Steps are optimiser steps of ``batch`` images per method."""
+
+    arch: str
+    view: int  # view side of pretraining (scenes are 1.5x larger, as in the pretraining script)
+    batch: int
+    steps: int
+    steps_per_epoch: int  # sets the synthetic dataset size: steps_per_epoch * batch scenes
+    probe_every: int
+    probe_images: int
+    probe_size: int
+    eval_images: int
+    eval_size: int
+    coco_size: int
+    head_epochs: int
+    head_seeds: int
+    pretrain_seeds: int
+    workers: int
+    eval_workers: int
+    eval_batch: int
+    amp: str
+    channels_last: bool
+
+
+BUDGETS = {
+    "smoke": Budget("resnet18", 64, 16, 20, 10, 10, 32, 96, 48, 128, 128, 20, 3, 1, 2, 0, 16, "off", False),
+    # The pilot in the issue: ~80k images seen per method (2,500 steps of 32) separated the methods.
+    "cpu": Budget("resnet18", 96, 32, 2500, 125, 500, 128, 192, 384, 256, 256, 100, 3, 1, 2, 0, 16, "off", False),
+    # ~205k images per method (2.5x the pilot); data-bound at ~1.5k images/s on 16 cores.
+    "gpu": Budget("resnet18", 96, 256, 800, 100, 200, 256, 192, 1024, 256, 512, 100, 5, 1, 12, 8, 64, "bf16", True),
+}
+
+
+def load_pretrain_script() -> Any:
+    path = ROOT / "examples" / "pretrain_imagenet.py"
+    spec = importlib.util.spec_from_file_location("pretrain_imagenet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def trunk_from_checkpoint(path: Path, arch: str, device: torch.device) -> Trunk:
+    trunk = resnet_trunk(arch)
+    trunk.body.load_state_dict(backbone_state_dict(path))
+    return trunk.to(device)
+
+
+def pretrain_argv(method: str, b: Budget, seed: int, out: Path, device: torch.device) -> list[str]:
+    argv = [
+        "--method", method, "--arch", b.arch, "--image-size", str(b.view), "--batch-size", str(b.batch),
+        "--synthetic-images", str(b.steps_per_epoch * b.batch), "--epochs", str(b.steps // b.steps_per_epoch),
+        "--preset", "200ep", "--workers", str(b.workers), "--seed", str(seed), "--output-dir", str(out),
+        "--amp", b.amp, "--log-every", str(min(50, b.probe_every)), "--device", device.type,
+    ]
+    return argv + (["--channels-last"] if b.channels_last else [])
+
+
+def last_logged(out: Path, key: str) -> float | None:
+    value = None
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if key in record:
+                value = record[key]
+    return value
+
+
+def pretrain_with_probe(
+    pretrain: Any, method: str, b: Budget, seed: int, out: Path, device: torch.device, probe_data: SyntheticScenes,
+    run: dict, quiet: bool,
+) -> dict[str, Any]:
+    """Pretrain in chunks of ``probe_every`` steps, probing the online trunk after each."""
+    argv = pretrain_argv(method, b, seed, out, device)
+    curve, train_seconds = [], 0.0
+    for end in range(b.probe_every, b.steps + 1, b.probe_every):
+        start = time.perf_counter()
+        resume = ["--resume", "auto"] if end > b.probe_every else ["--resume", "none"]
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            pretrain.main(argv + ["--max-steps", str(end)] + resume)
+        train_seconds += time.perf_counter() - start
+        trunk = trunk_from_checkpoint(out / "checkpoint_last.pth", b.arch, device)
+        probe = roi_probe(trunk, probe_data, image_size=b.probe_size, **run)
+        curve.append({"step": end, "images_seen": end * b.batch, **probe})
+        print(f"  {method} seed {seed} step {end}/{b.steps}: probe RoI linear {probe['roi_linear_top1']:.1f} %, "
+              f"k-NN {probe['roi_knn_top1']:.1f} % ({train_seconds:.0f} s training)", flush=True)
+    return {
+        "checkpoint": out / "checkpoint_last.pth",
+        "curve": curve,
+        "train_seconds": train_seconds,
+        "final_loss": last_logged(out, "loss"),
+        "collapse_std": last_logged(out, "collapse_std"),
+    }
+
+
+def evaluate(trunk: Trunk, name: str, data: Any, size: int, b: Budget, run: dict) -> dict[str, float]:
+    """RoI linear, RoI k-NN and cross-view retrieval of one trunk on one dataset (split by image)."""
+    train_idx, test_idx = split_by_image(len(data), 0.5, seed=0)
+    loading = dict(image_size=size, batch_size=b.eval_batch, num_workers=b.eval_workers)
+    frozen = adapted_trunk(trunk, data, train_idx, **loading, **run)
+    result = roi_linear_eval(
+        frozen, data, adapt_bn=False, split_seed=0, epochs=b.head_epochs, seeds=tuple(range(b.head_seeds)), **loading, **run
+    )
+    retrieval = cross_view_retrieval(frozen, data, test_idx, view_size=b.view, batch_size=32, seed=0, **run)
+    return {
+        f"{name}_linear_runs": result.linear_runs,
+        f"{name}_knn_top1": result.knn_top1,
+        f"{name}_retrieval_top1": retrieval.top1,
+        f"{name}_retrieval_chance": retrieval.chance,
+        f"{name}_chance": result.chance,
+        f"{name}_majority": result.majority,
+        f"{name}_test_boxes": result.test_boxes,
+    }
+
+
+def summarise(per_seed: list[dict[str, Any]], sets: list[str]) -> dict[str, Any]:
+    """Mean (and std) over pretraining seeds; linear heads pooled over seeds and head seeds."""
+    out: dict[str, Any] = {}
+    for name in sets:
+        runs = [r for s in per_seed for r in s[f"{name}_linear_runs"]]
+        out[f"{name}_linear_top1"] = statistics.fmean(runs)
+        out[f"{name}_linear_top1_std"] = statistics.pstdev(runs)
+        for metric in ("knn_top1", "retrieval_top1"):
+            values = [s[f"{name}_{metric}"] for s in per_seed]
+            out[f"{name}_{metric}"] = statistics.fmean(values)
+            out[f"{name}_{metric}_std"] = statistics.pstdev(values)
+        for metric in ("retrieval_chance", "chance", "majority", "test_boxes"):
+            out[f"{name}_{metric}"] = per_seed[0][f"{name}_{metric}"]
+    for key in ("train_seconds", "final_loss", "collapse_std"):
+        values = [s[key] for s in per_seed if s.get(key) is not None]
+        if values:
+            out[key] = statistics.fmean(values)
+    return out
+
+
+def plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colours = {"scrl": "tab:blue", "byol": "tab:orange"}
+    for method, seeds in curves.items():
+        for i, curve in enumerate(seeds):
+            x = [p["images_seen"] / 1000 for p in curve]
+            label = method.upper() if i == 0 else None
+            ax.plot(x, [p["roi_linear_top1"] for p in curve], "-o", color=colours.get(method), label=label and f"{label} linear")
+            ax.plot(x, [p["roi_knn_top1"] for p in curve], "--", color=colours.get(method), label=label and f"{label} k-NN")
+    first = next(iter(curves.values()))[0][0]
+    ax.axhline(first["roi_chance"], color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xlabel("images seen (thousands)")
+    ax.set_ylabel("online RoI probe top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def table(result: dict[str, Any], sets: list[str]) -> str:
+    def cell(row: dict, key: str) -> str:
+        std = row.get(f"{key}_std")
+        return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std else "")
+
+    header = ["method", "budget", "steps", "images seen", "train s"]
+    for name in sets:
+        header += [f"{name} linear", f"{name} k-NN", f"{name} retrieval"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in ("random", "byol", "scrl"):
+        row = result[method]
+        cells = [method, result["budget"], str(row["steps"]), str(row["images_seen"]), f"{row.get('train_seconds', 0):.0f}"]
+        for name in sets:
+            cells += [cell(row, f"{name}_linear_top1"), cell(row, f"{name}_knn_top1"), cell(row, f"{name}_retrieval_top1")]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = []
+    for name in sets:
+        r = result["random"]
+        notes.append(
+            f"{name}: chance {r[f'{name}_chance']:.1f} %, majority class {r[f'{name}_majority']:.1f} %, "
+            f"retrieval chance {r[f'{name}_retrieval_chance']:.1f} %, {r[f'{name}_test_boxes']} test boxes"
+        )
+    return "\n".join(lines + [""] + notes)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
+    p.add_argument("--steps", type=int, default=None, help="override the budget's pretraining steps (multiple of its probe interval)")
+    p.add_argument("--pretrain-seeds", type=int, default=None, help="override the budget's number of pretraining seeds")
+    p.add_argument("--coco128", default=str(DEFAULT_COCO128), help="COCO128 YOLO folder (skipped when absent)")
+    p.add_argument("--output-dir", default=str(ROOT / "runs" / "quality"))
+    p.add_argument("--plot-dir", default=str(ROOT / "docs" / "figures"))
+    p.add_argument("--verbose", action="store_true", help="show the pretraining script's own log lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = p.parse_args(argv)
+    b = BUDGETS[args.budget]
+    if args.steps is not None:
+        if args.steps < b.probe_every or args.steps % b.probe_every or args.steps % b.steps_per_epoch:
+            p.error(f"--steps must be a positive multiple of {b.probe_every} and {b.steps_per_epoch}")
+        b = dataclasses.replace(b, steps=args.steps)
+    if args.pretrain_seeds is not None:
+        b = dataclasses.replace(b, pretrain_seeds=args.pretrain_seeds)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.budget == "gpu" and device.type != "cuda":
+        p.error("--budget gpu needs a CUDA device")
+    started = time.perf_counter()
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    run = dict(device=device, autocast_dtype=torch.bfloat16 if b.amp == "bf16" else None, channels_last=b.channels_last)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+
+    scene_size = round(1.5 * b.view)  # the pretraining script's scenes for --image-size
+    probe_data = SyntheticScenes(b.probe_images, image_size=scene_size, seed=HELD_OUT_SEED + 1)
+    eval_sets: list[tuple[str, Any, int]] = [
+        ("synthetic", SyntheticScenes(b.eval_images, image_size=scene_size, seed=HELD_OUT_SEED), b.eval_size)
+    ]
+    coco = Path(args.coco128)
+    if (coco / "images").is_dir():
+        with warnings.catch_warnings():  # two label files there have no image; known and harmless
+            warnings.simplefilter("ignore", LabelWarning)
+            eval_sets.append(("coco128", YoloBoxes(coco), b.coco_size))
+    else:
+        print(f"COCO128 not found at {coco}: evaluating on synthetic scenes only")
+    sets = [name for name, _, _ in eval_sets]
+    print(f"budget {args.budget}: {b}", flush=True)
+
+    pretrain = load_pretrain_script()
+    result: dict[str, Any] = {"budget": args.budget, "steps": b.steps, "arch": b.arch, "image_size": b.view,
+                              "batch_size": b.batch, "scene_size": scene_size, "device": str(device),
+                              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "threads": torch.get_num_threads(), "pretrain_seeds": b.pretrain_seeds,
+                              "head_seeds": b.head_seeds}
+    curves: dict[str, list[list[dict]]] = {}
+    per_method: dict[str, list[dict[str, Any]]] = {"random": [], "byol": [], "scrl": []}
+    for seed in range(b.pretrain_seeds):
+        # The initialisation both methods start from, as the pretraining script builds it.
+        start_args = pretrain.parse_args(pretrain_argv("scrl", b, seed, Path(args.output_dir), device))
+        pretrain.resolve_defaults(start_args, device.type == "cuda", 1)
+        torch.manual_seed(seed)
+        random_trunk = pretrain.build_model(start_args).trunk.to(device)
+        start_probe = {"step": 0, "images_seen": 0, **roi_probe(random_trunk, probe_data, image_size=b.probe_size, **run)}
+        scores = {"train_seconds": 0.0}
+        for name, data, size in eval_sets:
+            scores.update(evaluate(random_trunk, name, data, size, b, run))
+        per_method["random"].append(scores)
+        for method in ("byol", "scrl"):
+            out = Path(args.output_dir) / args.budget / f"{method}_seed{seed}"
+            trained = pretrain_with_probe(pretrain, method, b, seed, out, device, probe_data, run, not args.verbose)
+            curves.setdefault(method, []).append([start_probe] + trained["curve"])
+            trunk = trunk_from_checkpoint(trained["checkpoint"], b.arch, device)
+            scores = {k: trained[k] for k in ("train_seconds", "final_loss", "collapse_std")}
+            for name, data, size in eval_sets:
+                scores.update(evaluate(trunk, name, data, size, b, run))
+            per_method[method].append(scores)
+            print(f"  {method} seed {seed} evaluated ({time.perf_counter() - started:.0f} s so far)", flush=True)
+            partial = {**result, "partial": per_method, "probe": curves, "seconds": time.perf_counter() - started}
+            (Path(args.output_dir) / f"quality_{args.budget}_partial.json").write_text(json.dumps(partial, default=str))
+
+    for method, per_seed in per_method.items():
+        steps = 0 if method == "random" else b.steps
+        result[method] = {"steps": steps, "images_seen": steps * b.batch, **summarise(per_seed, sets)}
+        if method in curves:
+            result[method]["probe"] = curves[method]
+    result["total_seconds"] = time.perf_counter() - started
+    result["command"] = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    figure = Path(args.plot_dir) / f"roi_probe_{args.budget}.png"
+    title = (f"{b.arch}, {b.view}-px views, batch {b.batch}, {b.steps} steps; probe: {b.probe_images} held-out "
+             f"scenes at {b.probe_size} px")
+    if plot(curves, figure, title):
+        result["figure"] = str(figure.resolve().relative_to(ROOT) if figure.resolve().is_relative_to(ROOT) else figure)
+        print(f"probe curves: {figure}")
+    else:
+        print('probe curves not drawn: matplotlib is not installed (pip install "scrl[plot]"); they are in the JSON')
+    print(table(result, sets))
+    print(f"total {result['total_seconds']:.0f} s on {result['device_name']}")
+    (Path(args.output_dir) / f"quality_{args.budget}.json").write_text(json.dumps(result))
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Carry pretrained trunk weights into torchvision and Detectron2.
+
+Sources accepted everywhere (``source`` below):
+
+* the path of a training checkpoint written by ``examples/pretrain_imagenet.py`` (a dict with
+  ``"model"``, the SCRL/BYOL ``state_dict`` whose online trunk keys start with ``trunk.body.``),
+  or such a dict already loaded; no model is built to read it;
+* an ``SCRL``/``BYOL`` module (anything with ``backbone_state_dict()``), a ``Trunk`` (anything
+  with ``.body``) or a torchvision ``ResNet``, also wrapped in DDP or ``torch.compile``;
+* a torchvision ResNet ``state_dict`` (e.g. supervised weights), or the path of one.
+
+Detectron2 is not needed: its weight format is a pickle of numpy arrays under Detectron2's
+key names, which Detectron2 loads with ``matching_heuristics`` the way it loads its own
+converted torchvision models.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from .checkpoint import load_checkpoint
+
+__all__ = [
+    "DETECTRON2_PIXEL_MEAN",
+    "DETECTRON2_PIXEL_STD",
+    "backbone_state_dict",
+    "detectron2_config",
+    "detectron2_key",
+    "resnet_arch",
+    "save_detectron2",
+    "save_torchvision",
+    "to_detectron2",
+    "to_torchvision",
+]
+
+Source = str | os.PathLike | Mapping[str, Any] | nn.Module
+
+# torchvision's ImageNet normalisation in the 0-255 pixel units Detectron2 works in.
+DETECTRON2_PIXEL_MEAN = (123.675, 116.28, 103.53)
+DETECTRON2_PIXEL_STD = (58.395, 57.12, 57.375)
+
+# Blocks per stage -> depth, for basic-block and bottleneck ResNets.
+_DEPTHS = {
+    (False, (2, 2, 2, 2)): 18,
+    (False, (3, 4, 6, 3)): 34,
+    (True, (3, 4, 6, 3)): 50,
+    (True, (3, 4, 23, 3)): 101,
+    (True, (3, 8, 36, 3)): 152,
+}
+# Prefixes wrappers add to parameter names: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.(.+)")
+
+
+def _load(path: str | os.PathLike, weights_only: bool) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        return load_checkpoint(path, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects that torch.load(weights_only=True) refuses ({err}); if you trust "
+            "the file, load it with weights_only=False (--unsafe-load in the example scripts)"
+        ) from err
+
+
+def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+            key = key.replace("._orig_mod.", ".")
+        out[key] = value
+    return out
+
+
+def _trunk_from_state(state: Mapping[str, Any]) -> dict[str, Tensor]:
+    state = _strip_wrappers(state)
+    for prefix in ("trunk.body.", "body."):
+        picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if picked:
+            return picked
+    if "conv1.weight" in state:
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    sample = ", ".join(list(state)[:5])
+    raise ValueError(
+        "source holds no trunk weights: expected keys starting with 'trunk.body.' (an SCRL/BYOL "
+        f"state_dict), 'body.' (a Trunk) or torchvision ResNet keys ('conv1.weight'); got {sample}, ..."
+    )
+
+
+def backbone_state_dict(source: Source, *, weights_only: bool = True) -> dict[str, Tensor]:
+    """The trunk weights of ``source`` under torchvision ResNet key names, on the CPU.
+
+    Args:
+        source: a checkpoint path or dict, an SCRL/BYOL/Trunk/ResNet module, or a torchvision
+            state dict (see the module docstring); ``fc.*`` is never included.
+        weights_only: load a path with PyTorch's restricted unpickler (``False`` only for
+            trusted files holding other Python objects).
+
+    Returns:
+        ``{torchvision key: tensor}`` (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``...),
+        detached CPU copies.
+
+    Example:
+        >>> sd = backbone_state_dict("runs/scrl/checkpoint_last.pth")     # doctest: +SKIP
+        >>> torchvision.models.resnet50().load_state_dict(sd, strict=False)  # doctest: +SKIP
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = _load(source, weights_only)
+    if isinstance(source, nn.Module):
+        module = source
+        while isinstance(getattr(module, "module", None), nn.Module):  # DDP / DataParallel
+            module = module.module
+        module = getattr(module, "_orig_mod", module)  # torch.compile
+        if hasattr(module, "backbone_state_dict"):
+            state: Mapping[str, Any] = module.backbone_state_dict()
+        elif isinstance(getattr(module, "body", None), nn.Module):
+            state = module.body.state_dict()
+        else:
+            state = module.state_dict()
+        state = _trunk_from_state(state)
+    elif isinstance(source, Mapping):
+        model = source.get("model")
+        state = _trunk_from_state(model if isinstance(model, Mapping) else source)
+    else:
+        raise ValueError(f"source must be a path, a mapping or an nn.Module, got {type(source).__name__}")
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def resnet_arch(state_dict: Mapping[str, Tensor]) -> str:
+    """The torchvision ResNet name (``"resnet18"`` ... ``"resnet152"``) of trunk weights.
+
+    Inferred from the number of blocks per stage and the block type, so it works on weights
+    from any source. Raises ``ValueError`` for other layouts (e.g. wide ResNets, ResNeXt).
+    """
+    blocks = [0, 0, 0, 0]
+    for key in state_dict:
+        match = _BLOCK_KEY.fullmatch(key)
+        if match:
+            stage = int(match.group(1)) - 1
+            blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
+    bottleneck = "layer1.0.conv3.weight" in state_dict
+    depth = _DEPTHS.get((bottleneck, tuple(blocks)))
+    width_ok = "layer1.0.conv1.weight" in state_dict and state_dict["layer1.0.conv1.weight"].shape[0] == 64
+    if depth is None or not width_ok:
+        raise ValueError(
+            f"weights are not a standard torchvision ResNet (blocks per stage {blocks}, "
+            f"bottleneck={bottleneck}); supported: resnet18/34/50/101/152"
+        )
+    return f"resnet{depth}"
+
+
+def to_torchvision(source: Source, *, weights_only: bool = True) -> dict[str, Tensor]:
+    """Trunk weights that load into ``torchvision.models.<arch>()`` with only ``fc.*`` missing.
+
+    The weights are checked by loading them into a freshly built torchvision model of the
+    inferred architecture.
+
+    Raises:
+        ValueError: when the weights do not fit a torchvision ResNet.
+
+    Example:
+        >>> sd = to_torchvision(scrl_model)                                # doctest: +SKIP
+        >>> missing, unexpected = torchvision.models.resnet50().load_state_dict(sd, strict=False)
+        >>> # missing == ['fc.weight', 'fc.bias'], unexpected == []        # doctest: +SKIP
+    """
+    state = backbone_state_dict(source, weights_only=weights_only)
+    arch = resnet_arch(state)
+    model = getattr(torchvision.models, arch)(weights=None)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: {err}") from err
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: missing {missing}, unexpected {unexpected}")
+    return state
+
+
+def detectron2_key(key: str) -> str:
+    """Detectron2's name for a torchvision ResNet trunk key.
+
+    ==============================  ===================================
+    torchvision                     Detectron2
+    ==============================  ===================================
+    ``conv1.weight``                ``stem.conv1.weight``
+    ``bn1.X``                       ``stem.conv1.norm.X``
+    ``layer{i}.{j}.conv{k}.weight`` ``res{i+1}.{j}.conv{k}.weight``
+    ``layer{i}.{j}.bn{k}.X``        ``res{i+1}.{j}.conv{k}.norm.X``
+    ``layer{i}.{j}.downsample.0.X`` ``res{i+1}.{j}.shortcut.X``
+    ``layer{i}.{j}.downsample.1.X`` ``res{i+1}.{j}.shortcut.norm.X``
+    ==============================  ===================================
+
+    The same names serve Detectron2's ``BottleneckBlock`` (resnet50/101/152) and
+    ``BasicBlock`` (resnet18/34).
+
+    Raises:
+        ValueError: for keys that are not part of a ResNet trunk (e.g. ``fc.weight``).
+    """
+    stem = re.fullmatch(r"(conv1|bn1)\.(\w+)", key)
+    if stem:
+        return ("stem.conv1." if stem.group(1) == "conv1" else "stem.conv1.norm.") + stem.group(2)
+    block = _BLOCK_KEY.fullmatch(key)
+    if block:
+        prefix = f"res{int(block.group(1)) + 1}.{block.group(2)}."
+        rest = block.group(3)
+        for pattern, replacement in (
+            (r"conv(\d)\.(\w+)", r"conv\1.\2"),
+            (r"bn(\d)\.(\w+)", r"conv\1.norm.\2"),
+            (r"downsample\.0\.(\w+)", r"shortcut.\1"),
+            (r"downsample\.1\.(\w+)", r"shortcut.norm.\1"),
+        ):
+            if re.fullmatch(pattern, rest):
+                return prefix + re.sub(pattern, replacement, rest)
+    raise ValueError(f"{key!r} is not a torchvision ResNet trunk key")
+
+
+def to_detectron2(source: Source, *, weights_only: bool = True) -> dict[str, Any]:
+    """The Detectron2 weights object for the trunk of ``source``.
+
+    Returns:
+        ``{"model": {detectron2 key: numpy array}, "__author__": "scrl",
+        "matching_heuristics": True}``: every trunk tensor (BatchNorm ``num_batches_tracked``
+        included, ``fc`` excluded) exactly once, shapes unchanged. Pickle it to a ``.pkl`` file
+        (:func:`save_detectron2`) and point ``MODEL.WEIGHTS`` at it, with the config keys of
+        :func:`detectron2_config`.
+    """
+    state = to_torchvision(source, weights_only=weights_only)
+    model = {detectron2_key(k): v.numpy() for k, v in state.items()}
+    return {"model": model, "__author__": "scrl", "matching_heuristics": True}
+
+
+def detectron2_config(arch: str, weights: str | os.PathLike = "model.pkl") -> str:
+    """Detectron2 config keys (yaml text) that match exported torchvision-style weights.
+
+    torchvision trunks take RGB input normalised with ImageNet mean/std and put the stride of
+    a bottleneck in its 3x3 convolution; fine-tuning follows the paper (all layers trained,
+    SyncBN in the trunk and the FPN). Merge the text into a Faster R-CNN FPN config.
+
+    Args:
+        arch: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``.
+        weights: the ``.pkl`` file written by :func:`save_detectron2`, for ``MODEL.WEIGHTS``.
+    """
+    depth = int(arch.removeprefix("resnet")) if arch.removeprefix("resnet").isdigit() else None
+    if depth not in (18, 34, 50, 101, 152):
+        raise ValueError(f"arch must be one of resnet18/34/50/101/152, got {arch!r}")
+    mean = ", ".join(f"{v:g}" for v in DETECTRON2_PIXEL_MEAN)
+    std = ", ".join(f"{v:g}" for v in DETECTRON2_PIXEL_STD)
+    basic = "    RES2_OUT_CHANNELS: 64  # basic blocks (ResNet-18/34)\n" if depth < 50 else ""
+    return (
+        f"# Detectron2 config keys for a {arch} trunk exported by scrl (torchvision layout).\n"
+        "# Merge into a Faster R-CNN FPN config, e.g. with _BASE_: \"../Base-RCNN-FPN.yaml\".\n"
+        "MODEL:\n"
+        f'  WEIGHTS: "{weights}"\n'
+        f"  PIXEL_MEAN: [{mean}]\n"
+        f"  PIXEL_STD: [{std}]\n"
+        "  BACKBONE:\n"
+        "    FREEZE_AT: 0  # fine-tune all layers\n"
+        "  RESNETS:\n"
+        f"    DEPTH: {depth}\n"
+        f"{basic}"
+        "    STRIDE_IN_1X1: False  # torchvision strides in the 3x3 conv\n"
+        '    NORM: "SyncBN"\n'
+        "  FPN:\n"
+        '    NORM: "SyncBN"\n'
+        "INPUT:\n"
+        '  FORMAT: "RGB"\n'
+    )
+
+
+def save_torchvision(source: Source, path: str | os.PathLike, *, weights_only: bool = True) -> Path:
+    """Write :func:`to_torchvision` of ``source`` to ``path`` with ``torch.save``; returns the path."""
+    state = to_torchvision(source, weights_only=weights_only)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def save_detectron2(
+    source: Source, path: str | os.PathLike, *, weights_only: bool = True
+) -> tuple[Path, Path]:
+    """Write the Detectron2 weights to ``path`` (``.pkl``) and the config keys beside it (``.yaml``).
+
+    Detectron2 reads a weights file as a pickle only when its name ends in ``.pkl``.
+
+    Returns:
+        ``(weights_path, config_path)``.
+
+    Example:
+        >>> save_detectron2("runs/scrl/checkpoint_last.pth", "scrl_r50.pkl")  # doctest: +SKIP
+        (PosixPath('scrl_r50.pkl'), PosixPath('scrl_r50.yaml'))
+    """
+    path = Path(path)
+    if path.suffix != ".pkl":
+        raise ValueError(f"path must end in .pkl (Detectron2 reads pickles only by that suffix), got {path}")
+    state = to_torchvision(source, weights_only=weights_only)
+    weights = to_detectron2(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(weights, f, protocol=pickle.HIGHEST_PROTOCOL)
+    config = path.with_suffix(".yaml")
+    config.write_text(detectron2_config(resnet_arch(state), path.name), encoding="utf-8")
+    return path, config
