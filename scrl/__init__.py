@@ -12,4 +12,26 @@ from .schedule import warmup_cosine
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk
 
+__all__ = [
+    "BoxPairs",
+    "BoxPairSampler",
+    "BYOL",
+    "byol_loss",
+    "cosine_tau",
+    "LARS",
+    "lars_param_groups",
+    "MLPHead",
+    "MomentumTarget",
+    "resnet_trunk",
+    "roi_pair_pool",
+    "RoIPairPool",
+    "sample_box_pairs",
+    "SCRL",
+    "scrl_loss",
+    "Trunk",
+    "TwoViewTransform",
+    "ViewGeometry",
+    "warmup_cosine",
+]
+
 __version__ = "0.1.0"

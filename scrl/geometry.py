@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ViewGeometry", "box_iou_pairwise"]
+__all__ = ["ViewGeometry"]
 
 
 class ViewGeometry(NamedTuple):
@@ -138,19 +138,3 @@ class ViewGeometry(NamedTuple):
             self.size.to(device=device, dtype=dtype),
         )
 
-
-def box_iou_pairwise(boxes: Tensor) -> Tensor:
-    """IoU between every two boxes of the same set, batched.
-
-    Args:
-        boxes: float ``[..., M, 4]`` ``(x0, y0, x1, y1)``.
-
-    Returns:
-        float ``[..., M, M]``; 0 where the union is empty.
-    """
-    lt = torch.maximum(boxes[..., :, None, :2], boxes[..., None, :, :2])
-    rb = torch.minimum(boxes[..., :, None, 2:], boxes[..., None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
-    union = area[..., :, None] + area[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(boxes.dtype).tiny), torch.zeros_like(inter))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scrl import BoxPairs, BoxPairSampler, ViewGeometry, sample_box_pairs
-from scrl.geometry import box_iou_pairwise
+from torchvision.ops import box_iou
 
 
 def random_view_pairs(n: int, seed: int, width: float = 500.0, height: float = 375.0, size: int = 224):
@@ -23,6 +23,13 @@ def random_view_pairs(n: int, seed: int, width: float = 500.0, height: float = 3
         return ViewGeometry(crop, flipped, torch.full((n, 2), float(size), dtype=torch.float64))
 
     return draw(), draw()
+
+
+def box_iou_pairwise(boxes: torch.Tensor) -> torch.Tensor:
+    """IoU between the boxes of each image: ``[N, K, 4]`` -> ``[N, K, K]`` (``[K, 4]`` -> ``[K, K]``)."""
+    if boxes.dim() == 2:
+        return box_iou(boxes, boxes)
+    return torch.stack([box_iou(b, b) for b in boxes])
 
 
 def overlap(geom1: ViewGeometry, geom2: ViewGeometry) -> torch.Tensor:

@@ -17,14 +17,6 @@ COCO128 = Path(__file__).resolve().parents[1].parent / "shared/data/coco128-trai
 pytestmark = pytest.mark.skipif(not COCO128.is_dir(), reason=f"COCO128 not found at {COCO128}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # As in a DataLoader worker: intra-op threads only fight each other on small images.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:

@@ -3,7 +3,6 @@
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 import scrl
@@ -14,14 +13,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def python_blocks(name: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), flags=re.S)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Intra-op threads spin against other processes on a small shared machine; one is faster there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_custom_loop_snippet_trains(capsys):

@@ -3,7 +3,6 @@ import torch
 from torch.utils.data import default_collate
 
 from scrl import ViewGeometry
-from scrl.geometry import box_iou_pairwise
 
 
 def random_geometry(generator: torch.Generator, width: float = 500.0, height: float = 375.0) -> ViewGeometry:
@@ -79,12 +78,3 @@ def test_full_rejects_empty_image():
     with pytest.raises(ValueError, match="width=0"):
         ViewGeometry.full(0, 10)
 
-
-def test_box_iou_pairwise_matches_torchvision():
-    from torchvision.ops import box_iou
-
-    g = torch.Generator().manual_seed(3)
-    boxes = random_boxes(g, 12, 100.0, 100.0).float()
-    torch.testing.assert_close(box_iou_pairwise(boxes), box_iou(boxes, boxes))
-    batched = torch.stack([boxes, boxes.flip(0)])
-    torch.testing.assert_close(box_iou_pairwise(batched)[1], box_iou(boxes.flip(0), boxes.flip(0)))

@@ -97,3 +97,19 @@ def test_everything_unreadable_raises(tmp_path):
         (tmp_path / f"{i}.jpg").write_text("text")
     with pytest.raises(RuntimeError, match="3 consecutive unreadable"):
         ImageFolderDataset(tmp_path).load(0)
+
+
+def test_open_rgb_names_the_path_and_converts_16_bit(tmp_path):
+    from PIL import Image
+
+    from scrl.data.image_file import open_rgb
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(OSError, match="broken.png"):
+        open_rgb(broken)
+    deep = tmp_path / "deep.png"
+    Image.new("I;16", (5, 4), 40000).save(deep)
+    image = open_rgb(deep)
+    assert image.mode == "RGB" and image.size == (5, 4)
+    assert image.getpixel((0, 0)) == (40000 >> 8,) * 3

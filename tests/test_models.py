@@ -12,14 +12,6 @@ from scrl import BYOL, LARS, SCRL, Trunk, ViewGeometry, cosine_tau, lars_param_g
 SMALL = dict(projector_hidden=256, projection_dim=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Intra-op threads spin against other processes on a small shared machine; one is faster there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def view_batch(batch: int, size: int = 64, seed: int = 0, source: int = 96, disjoint: bool = False):
     """Two views per random source image, cropped, resized and flipped, with their geometries."""

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .image_file import open_rgb
 from .label_problems import LabelProblem, fit_box, report_problems
 
 __all__ = ["CocoBoxes"]
@@ -161,11 +162,7 @@ class CocoBoxes(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, Tensor, Tensor]:
         path = self.image_paths[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
+        image = open_rgb(path)
         if (float(image.width), float(image.height)) != self._sizes[index]:
             width, height = self._sizes[index]
             raise ValueError(

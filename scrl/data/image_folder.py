@@ -9,6 +9,8 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from .image_file import open_rgb
+
 __all__ = ["ImageFolderDataset", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -85,15 +87,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 skipped.append(path)
                 continue
             try:
-                with Image.open(path) as img:
-                    image = img.convert("RGB")  # decodes fully, so truncation surfaces here
-                if image.width == 0 or image.height == 0:
-                    raise ValueError(f"empty image of size {image.size}")
-                return image, skipped
-            # PIL reports broken data as OSError (incl. truncation), SyntaxError or ValueError
-            # depending on the format; anything else is a real bug and propagates.
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                self.skipped[path] = f"{type(exc).__name__}: {exc}"
+                return open_rgb(path), skipped
+            except OSError as exc:
+                cause = exc.__cause__ or exc
+                self.skipped[path] = f"{type(cause).__name__}: {cause}"
                 print(f"scrl: skipping unreadable image {path}: {self.skipped[path]}", file=sys.stderr, flush=True)
                 skipped.append(path)
         raise RuntimeError(f"{len(skipped)} consecutive unreadable images starting at {self.samples[index % n]!r}")

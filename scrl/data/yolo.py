@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .image_folder import IMAGE_EXTENSIONS
+from .image_file import open_rgb
 from .label_problems import LabelProblem, fit_box, report_problems
 
 __all__ = ["YoloBoxes"]
@@ -181,11 +182,7 @@ class YoloBoxes(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, Tensor, Tensor]:
         path = self.image_paths[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
+        image = open_rgb(path)
         scale = torch.tensor([image.width, image.height, image.width, image.height], dtype=torch.float32)
         return image, self._boxes[index] * scale, self._labels[index].clone()
 
