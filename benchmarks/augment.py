@@ -1,13 +1,23 @@
-"""Two-view augmentation: `TwoViewTransform` (geometry tracked) vs plain torchvision transforms.
+"""Two-view augmentation: `TwoViewTransform` (geometry tracked) vs plain torchvision transforms,
+and the worker side of on-device augmentation.
 
-Both pipelines make the paper's two views (random resized crop scale (0.2, 1), bicubic, flip,
-the same photometric steps, to-tensor, ImageNet normalisation) of every COCO128 image on one
-CPU thread. They draw the same random numbers in the same order, so with the same seed they
-make the same crops, flips and colour changes: the timing difference is the cost of
-tracking the geometry. Repeats are interleaved (the order rotates) and the median is reported;
-a second pair of rows times the geometric steps alone, where the difference is most visible.
+1. Both pipelines make the paper's two views (random resized crop scale (0.2, 1), bicubic, flip,
+   the same photometric steps, to-tensor, ImageNet normalisation) of every COCO128 image on one
+   CPU thread. They draw the same random numbers in the same order, so with the same seed they
+   make the same crops, flips and colour changes: the timing difference is the cost of
+   tracking the geometry. A second pair of rows times the geometric steps alone, where the
+   difference is most visible.
+2. A data worker of examples/pretrain_imagenet.py: the full per-image pipeline
+   (``TwoViewTransform.byol(uint8=True)``) against the worker side of ``--augment-on-device``
+   (``photometric="device"``: crop, resize, flip, uint8), CPU ms per image for both views on one
+   thread (decoding, the same for both, is timed separately).
+3. The device side: ``BatchPhotometric`` on a uint8 batch (default 256 x 3 x 224 x 224, both
+   views' settings alternately), images per second, on the CPU with all its threads or with
+   ``--device cuda``.
 
-    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--json]
+Repeats of 1 and 2 are interleaved (the order rotates) and the median is reported.
+
+    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--json]
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from scrl import TwoViewTransform
-from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, byol_photometric, byol_view
+from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPhotometric, byol_photometric, byol_view
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared/data/coco128-train" / "images"
 
@@ -54,6 +64,37 @@ def tracked_views(size: int, photometric: bool) -> Callable[[Image.Image], tuple
     )
 
 
+def decode_ms(paths: list[Path]) -> float:
+    """Median over the files of decoding one to RGB, in ms."""
+    times = []
+    for path in paths:
+        start = time.perf_counter()
+        with Image.open(path) as img:
+            img.convert("RGB")
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def batch_photometric_images_per_s(batch: int, size: int, device: torch.device, repeats: int) -> float:
+    """Images per second of BatchPhotometric (views 1 and 2 alternately) on a uint8 batch already on ``device``."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = images.to(device)
+    ops = [BatchPhotometric(view=1).to(device), BatchPhotometric(view=2).to(device)]
+    generator = torch.Generator(device).manual_seed(0)
+
+    def run(k: int) -> None:
+        ops[k % 2](images, generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for k in range(2):  # warm-up: allocations, kernel selection
+        run(k)
+    start = time.perf_counter()
+    for k in range(repeats):
+        run(k)
+    return repeats * batch / (time.perf_counter() - start)
+
+
 def ms_per_image(fn: Callable[[Image.Image], tuple], images: list[Image.Image], seed: int) -> float:
     torch.manual_seed(seed)  # same draws for every pipeline in this repeat
     start = time.perf_counter()
@@ -67,12 +108,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="view side in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved passes over the images")
     parser.add_argument("--images", type=Path, default=COCO128, help="folder of .jpg images (default: COCO128)")
+    parser.add_argument("--batch", type=int, default=256, help="batch of the BatchPhotometric timing")
+    parser.add_argument("--batch-repeats", type=int, default=4, help="timed BatchPhotometric calls")
+    parser.add_argument("--device", default="cpu", help="device of the BatchPhotometric timing (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
     paths = sorted(args.images.glob("*.jpg"))
     if not paths:
         sys.exit(f"no .jpg images found in {args.images}; nothing to measure")
+    for name in ("size", "repeats", "batch", "batch_repeats"):
+        if getattr(args, name) < 1:
+            sys.exit(f"--{name.replace('_', '-')} must be >= 1")
+    device = torch.device(args.device)
 
+    # The device side first, with every CPU thread (or the GPU): a batched op, not a worker.
+    batch_ips = batch_photometric_images_per_s(args.batch, args.size, device, args.batch_repeats)
+    batch_device = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     torch.set_num_threads(1)
     images = [Image.open(path).convert("RGB") for path in paths]  # decoded once, untimed
     pipelines = {
@@ -80,6 +131,8 @@ def main() -> None:
         "plain": plain_views(args.size, True),
         "tracked_geometric": tracked_views(args.size, False),
         "plain_geometric": plain_views(args.size, False),
+        "worker_full": TwoViewTransform.byol(args.size, uint8=True),
+        "worker_device_aug": TwoViewTransform.byol(args.size, uint8=True, photometric="device"),
     }
     names = list(pipelines)
     for name in names:  # warm-up
@@ -89,6 +142,7 @@ def main() -> None:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(ms_per_image(pipelines[name], images, seed=r))
     median = {name: statistics.median(t) for name, t in times.items()}
+    decode = decode_ms(paths)
 
     print(
         f"two {args.size}-px views per image, {len(images)} images from {args.images.name}, 1 thread, "
@@ -100,12 +154,19 @@ def main() -> None:
         "plain": "torchvision, no geometry (full)",
         "tracked_geometric": "tracked crop+flip only",
         "plain_geometric": "torchvision crop+flip only",
+        "worker_full": "worker, full per-image (uint8)",
+        "worker_device_aug": "worker, --augment-on-device",
     }
     for name in names:
         print(f"{labels[name]:<34}{median[name]:>14.3f}{min(times[name]):>12.3f}")
     ratio = median["tracked"] / median["plain"]
     geometric_ratio = median["tracked_geometric"] / median["plain_geometric"]
     print(f"ratio tracked / plain: {ratio:.3f} (full), {geometric_ratio:.3f} (crop+flip only); target <= 1.05")
+    worker_speedup = median["worker_full"] / median["worker_device_aug"]
+    with_decode = (median["worker_full"] + decode) / (median["worker_device_aug"] + decode)
+    print(f"worker speedup with on-device augmentation: {worker_speedup:.2f}x (target >= 3); "
+          f"{with_decode:.2f}x counting the decoding ({decode:.3f} ms/img, median)")
+    print(f"BatchPhotometric on {args.batch} x 3 x {args.size} x {args.size} uint8: {batch_ips:,.0f} images/s ({batch_device})")
     if args.json:
         print(
             json.dumps(
@@ -116,6 +177,14 @@ def main() -> None:
                     "tracked_geometric_ms": round(median["tracked_geometric"], 4),
                     "plain_geometric_ms": round(median["plain_geometric"], 4),
                     "geometric_ratio": round(geometric_ratio, 4),
+                    "worker_ms_full": round(median["worker_full"], 4),
+                    "worker_ms_device_aug": round(median["worker_device_aug"], 4),
+                    "worker_speedup": round(worker_speedup, 4),
+                    "decode_ms": round(decode, 4),
+                    "worker_speedup_with_decode": round(with_decode, 4),
+                    "batch_photometric_images_per_s": round(batch_ips, 1),
+                    "batch_photometric_batch": args.batch,
+                    "batch_photometric_device": batch_device,
                     "size": args.size,
                     "images": len(images),
                     "repeats": args.repeats,

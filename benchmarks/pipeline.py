@@ -3,14 +3,17 @@
 
 1. Data: worker processes decode, augment and collate uint8 two-view batches on the host
    (exactly the loader of examples/pretrain_imagenet.py); images per second after a warm-up.
+   With --augment-on-device the workers only decode, crop, resize and flip.
 2. Training: examples/pretrain_imagenet.py itself, run in this process for 2 x --steps steps;
    the first --steps are warm-up (worker start, cuDNN autotuning, compilation), the second
    interval is measured: images per second and the share of wall time spent waiting for data.
+   With --augment-on-device the photometric steps run batched on the training device.
 
 Examples:
     python benchmarks/pipeline.py --workers 2                      # CPU, small defaults
     python benchmarks/pipeline.py --workers 8 --arch resnet50 --image-size 224 --batch-size 256 \\
         --amp bf16 --channels-last --data /data/imagenet/train --json
+    python benchmarks/pipeline.py --workers 8 ... --augment-on-device   # photometric steps on the GPU
 
 Prints a table, and with --json one JSON object on the last line with the keys
 data_images_per_s, train_images_per_s, data_wait_share (and the settings).
@@ -43,7 +46,8 @@ def load_pretrain_script():
 def data_throughput(args: argparse.Namespace) -> float:
     """Images per second from the loader alone (uint8 views + geometries on the host)."""
     images = ImageFolderDataset(args.data) if args.data else SyntheticScenes(args.synthetic_images, round(1.5 * args.image_size))
-    dataset = TwoViewDataset(images, scrl.TwoViewTransform.byol(size=args.image_size, uint8=True))
+    photometric = "device" if args.augment_on_device else True
+    dataset = TwoViewDataset(images, scrl.TwoViewTransform.byol(size=args.image_size, uint8=True, photometric=photometric))
     sampler = ResumableSampler(dataset, num_replicas=1, rank=0)
     loader = two_view_loader(dataset, sampler, args.batch_size, args.workers, pin_memory=torch.cuda.is_available())
     needed = args.warmup_batches + args.batches
@@ -70,6 +74,7 @@ def train_throughput(args: argparse.Namespace) -> dict:
         ]
         argv += ["--data", args.data] if args.data else ["--synthetic-images", str(args.synthetic_images)]
         argv += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
+        argv += ["--augment-on-device"] * args.augment_on_device
         script.main(argv)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     measured = [r for r in records if "loss" in r][-1]
@@ -88,6 +93,7 @@ def main() -> None:
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], default="off")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--augment-on-device", action="store_true", help="workers crop, resize, flip; photometric steps on the device")
     p.add_argument("--warmup-batches", type=int, default=2, help="data batches not timed (worker start)")
     p.add_argument("--batches", type=int, default=8, help="data batches timed")
     p.add_argument("--steps", type=int, default=4, help="training steps timed (after as many warm-up steps)")
@@ -113,6 +119,7 @@ def main() -> None:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile,
+        "augment_on_device": args.augment_on_device,
         "data": args.data or f"synthetic ({args.synthetic_images} images)",
     }
     if "max_memory_gib" in train:
@@ -123,7 +130,9 @@ def main() -> None:
     print(f"{'data-wait share':<28}{wait:>12.1%}")
     if "max_memory_gib" in train:
         print(f"{'peak GPU memory (GiB)':<28}{train['max_memory_gib']:>12.2f}")
-    print(f"({device}; {args.method} {args.arch} {args.image_size}px, batch {args.batch_size}, {args.workers} workers, amp {args.amp})")
+    augment = "photometric steps on the device" if args.augment_on_device else "augmented in the workers"
+    print(f"({device}; {args.method} {args.arch} {args.image_size}px, batch {args.batch_size}, {args.workers} workers, "
+          f"amp {args.amp}, {augment})")
     if args.json:
         print(json.dumps(result))
 

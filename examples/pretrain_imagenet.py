@@ -27,12 +27,14 @@ from torch import nn
 
 import scrl
 from scrl.checkpoint import latest_checkpoint, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
-from scrl.data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewDataset, mix_seed, two_view_loader
+from scrl.data import (
+    ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed, two_view_loader,
+)
 from scrl.distributed import DistInfo, all_gather_object, cleanup, init_distributed
 from scrl.metrics import DeviceMeans, MetricsLogger, NonFiniteWatch
 from scrl.momentum import cosine_tau
 from scrl.stop_signal import StopSignal
-from scrl.transforms import normalize_uint8
+from scrl.transforms import BatchPhotometric, normalize_uint8
 
 # The paper's hyper-parameters (../shared/REFERENCE.md); the learning rate is per 256 images.
 PRESETS = {
@@ -72,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--amp", choices=["bf16", "fp16", "off"], default=None, help="mixed precision (default: bf16 on GPU, off on CPU)")
     add("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on tensor cores)")
     add("--compile", action="store_true", help="torch.compile the model")
+    add("--augment-on-device", action="store_true",
+        help="workers only decode, crop, resize and flip; colour jitter, grayscale, blur, solarize run batched on the device")
     add("--save-every", type=int, default=0, help="also save every N optimiser steps (0: only at epoch ends, on signals, at the end)")
     add("--log-every", type=int, default=10, help="log every N optimiser steps")
     add("--device", choices=["auto", "cuda", "cpu"], default="auto")
@@ -172,7 +176,9 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     lr = args.base_lr * global_batch / 256
     torch.backends.cudnn.benchmark = on_gpu
 
-    dataset = TwoViewDataset(build_dataset(args), scrl.TwoViewTransform.byol(size=args.image_size, uint8=True), seed=args.seed)
+    photometric = "device" if args.augment_on_device else True
+    transform = scrl.TwoViewTransform.byol(size=args.image_size, uint8=True, photometric=photometric)
+    dataset = TwoViewDataset(build_dataset(args), transform, seed=args.seed)
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     loader = two_view_loader(dataset, sampler, args.batch_size, args.workers, pin_memory=on_gpu)
     steps_per_epoch = len(sampler) // args.batch_size
@@ -201,14 +207,32 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     if args.compile:
         train_model = torch.compile(train_model)
 
-    # Per-rank random streams: box sampling on the device, and the global ones for anything else.
-    # torch.compile cannot trace a Generator argument (graph breaks), so compiled runs draw
-    # boxes from the global device RNG, which is checkpointed as well.
+    # Per-rank random streams: box sampling and photometric augmentation on the device, and the
+    # global ones for anything else. torch.compile cannot trace a Generator argument (graph
+    # breaks), so compiled runs draw boxes and augmentation parameters from the global device
+    # RNG, which is checkpointed as well.
     box_generator = torch.Generator(device).manual_seed(mix_seed(args.seed, rank, 1))
-    box_rng = None if args.compile else box_generator
+    augment_generator = torch.Generator(device).manual_seed(mix_seed(args.seed, rank, 5))
+    generators = {"boxes": box_generator, "augment": augment_generator}
+    box_rng, augment_rng = (None, None) if args.compile else (box_generator, augment_generator)
     torch.manual_seed(mix_seed(args.seed, rank, 2))
     np.random.seed(mix_seed(args.seed, rank, 3) % 2**32)
     random.seed(mix_seed(args.seed, rank, 4))
+
+    augment = None
+    if args.augment_on_device:
+        augment = [BatchPhotometric(view=1).to(device), BatchPhotometric(view=2).to(device)]
+        if args.compile:  # dozens of elementwise passes over the batch, fused into a few kernels
+            augment = [torch.compile(op) for op in augment]
+
+    def device_views(batch: TwoViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's uint8 views as normalised float views (photometric steps too with --augment-on-device)."""
+        if augment is not None:
+            view1 = augment[0](batch.view1, generator=augment_rng)
+            view2 = augment[1](batch.view2, generator=augment_rng)
+        else:
+            view1, view2 = normalize_uint8(batch.view1), normalize_uint8(batch.view2)
+        return view1.contiguous(memory_format=memory_format), view2.contiguous(memory_format=memory_format)
 
     # ---------------------------------------------------------------- resume
     step, epoch, batch_in_epoch, skipped_files = 0, 0, 0, set()
@@ -220,7 +244,7 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         skipped_files = set(ckpt["skipped_files"])
         saved_world, saved_batch = ckpt["world_size"], ckpt["args"]["batch_size"]
         if (saved_world, saved_batch) == (world, args.batch_size):
-            set_rng_state(ckpt["rng"][rank], {"boxes": box_generator})
+            set_rng_state(ckpt["rng"][rank], generators)
         else:  # the data order and random streams cannot continue exactly; keep the position approximately
             batch_in_epoch = min(steps_per_epoch, batch_in_epoch * saved_world * saved_batch // global_batch)
             log(f"warning: checkpoint made with {saved_world} x {saved_batch} images per step, now {world} x {args.batch_size}: "
@@ -249,7 +273,7 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
             "step": step,
             "epoch": epoch + (batch_in_epoch == steps_per_epoch),
             "batch_in_epoch": batch_in_epoch % steps_per_epoch,
-            "rng": all_gather_object(rng_state({"boxes": box_generator})),
+            "rng": all_gather_object(rng_state(generators)),
             "world_size": world,
             "skipped_files": sorted(skipped_files),
             "args": vars(args),
@@ -259,9 +283,10 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         saved_at = step
 
     logger = MetricsLogger(args.output_dir, enabled=main_process)
+    augmented = "photometric steps on the device" if args.augment_on_device else "augmented in the workers"
     log(f"{args.method} {args.arch}: {len(dataset)} images, {world} process(es) x {args.batch_size} = {global_batch} per step, "
         f"lr {lr:.4g}, {steps_per_epoch} steps/epoch, {total_steps} steps total (stopping at {last_step}), "
-        f"views {args.image_size}px, amp {args.amp}, {args.workers} workers, device {device}")
+        f"views {args.image_size}px ({augmented}), amp {args.amp}, {args.workers} workers, device {device}")
     logger.log({"event": "start", "step": step, "world_size": world, "lr": lr, "total_steps": total_steps}
                | {f"arg_{k}": v for k, v in vars(args).items()})
 
@@ -287,8 +312,7 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
                 t0 = time.perf_counter()
                 batch = next(batches).to(device, non_blocking=True)
                 data_wait += time.perf_counter() - t0
-                view1 = normalize_uint8(batch.view1).contiguous(memory_format=memory_format)
-                view2 = normalize_uint8(batch.view2).contiguous(memory_format=memory_format)
+                view1, view2 = device_views(batch)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss, logs = train_model(view1, view2, batch.geom1, batch.geom2, generator=box_rng)
                 optimizer.zero_grad(set_to_none=True)

@@ -150,3 +150,47 @@ def test_bad_arguments(kwargs, name):
 def test_bad_input_shape():
     with pytest.raises(ValueError, match="images"):
         BatchPhotometric()(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def _one_step_parameters(step: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Parameters under which BatchPhotometric applies only ``step``, with per-sample ``values``."""
+    batch = len(values)
+    no = torch.zeros(batch, dtype=torch.bool)
+    params = {
+        "factors": torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(batch, 1),
+        "order": torch.arange(4).repeat(batch, 1),
+        "grayscale": no,
+        "blur": no,
+        "solarize": no,
+        "sigma": torch.ones(batch),
+    }
+    if step in ("brightness", "contrast", "saturation", "hue"):
+        params["factors"][:, ("brightness", "contrast", "saturation", "hue").index(step)] = values
+    else:
+        params[step] = ~no
+        params["sigma"] = values if step == "blur" else params["sigma"]
+    return params
+
+
+@pytest.mark.parametrize(
+    "step, values, reference",
+    [
+        ("brightness", [0.6, 0.9, 1.2, 1.4], TF.adjust_brightness),
+        ("contrast", [0.6, 0.9, 1.2, 1.4], TF.adjust_contrast),
+        ("saturation", [0.8, 0.9, 1.1, 1.2], TF.adjust_saturation),
+        ("hue", [-0.1, -0.03, 0.04, 0.1], TF.adjust_hue),
+        ("grayscale", [0, 0, 0, 0], lambda x, _: TF.rgb_to_grayscale(x, num_output_channels=3)),
+        ("blur", [0.1, 0.7, 1.3, 2.0], lambda x, sigma: TF.gaussian_blur(x, [7, 7], [sigma, sigma])),
+        ("solarize", [0, 0, 0, 0], lambda x, _: TF.solarize(x, 128)),
+    ],
+)
+def test_each_step_matches_torchvision_on_uint8_images_within_rounding(step, values, reference):
+    x = images(batch=4)
+    params = _one_step_parameters(step, torch.tensor(values, dtype=torch.float32))
+    out = BatchPhotometric(view=2, kernel_size=7, normalize=False)(x, params=params) * 255
+    expected = torch.stack([reference(x[i], v) for i, v in enumerate(values)])
+    # torchvision's uint8 path truncates the result, and for contrast and saturation its gray image too.
+    levels = 2 if step in ("contrast", "saturation") else 1
+    assert expected.dtype == torch.uint8 and (out - expected.float()).abs().max() <= levels + 1e-3
+    if step not in ("grayscale", "solarize"):  # each sample got its own value
+        assert all(not torch.allclose(out[0], reference(x[0], v).float(), atol=1.5) for v in values[1:])

@@ -7,12 +7,20 @@ import torch
 
 import scrl
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 
 def python_blocks(name: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), flags=re.S)
 
+
+def test_readme_usage_snippet_runs():
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len([line for line in snippet.splitlines() if line.strip()]) <= 10
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert torch.isfinite(namespace["loss"]) and set(namespace["logs"]) >= {"loss", "valid_share", "collapse_std"}
 
 
 def test_custom_loop_snippet_trains(capsys):

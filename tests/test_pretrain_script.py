@@ -61,9 +61,18 @@ def _assert_same_weights(a, b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(script, tmp_path_factory):
-    """The reference: 2 epochs (4 steps) of SCRL in one go."""
+    """The reference: 2 epochs (4 steps) of SCRL in one go.
+
+    On one thread, as every test runs (tests/conftest.py): sums, and so the weights, depend on the
+    thread count, and module fixtures are set up before the per-test thread setting.
+    """
     out = tmp_path_factory.mktemp("uninterrupted")
-    summary = script.main(TINY + ["--output-dir", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = script.main(TINY + ["--output-dir", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     return out, summary
 
 
@@ -161,6 +170,34 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_augment_on_device_finishes_geometry_only_views_and_resumes_exactly(script, tmp_path, monkeypatch):
+    calls = []
+
+    class Recording(script.BatchPhotometric):
+        def forward(self, images, generator=None, params=None):
+            calls.append((self.view, images.dtype, tuple(images.shape), generator))
+            return super().forward(images, generator, params)
+
+    def not_called(batch):
+        raise AssertionError("normalize_uint8 must not run: BatchPhotometric normalises")
+
+    monkeypatch.setattr(script, "BatchPhotometric", Recording)
+    monkeypatch.setattr(script, "normalize_uint8", not_called)
+    augmented = TINY + ["--augment-on-device"]
+    reference = script.main(augmented + ["--output-dir", str(tmp_path / "reference")])
+    assert reference["step"] == 4 and [c[0] for c in calls] == [1, 2] * 4
+    assert all(dtype == torch.uint8 and shape == (4, 3, 64, 64) and isinstance(g, torch.Generator) for _, dtype, shape, g in calls)
+    assert calls[0][3] is calls[1][3]  # one per-rank stream for both views
+    ckpt = _model_state(tmp_path / "reference")
+    assert ckpt["args"]["augment_on_device"] is True and set(ckpt["rng"][0]["generators"]) == {"boxes", "augment"}
+
+    first = script.main(augmented + ["--max-steps", "3", "--output-dir", str(tmp_path / "resumed")])
+    assert first["step"] == 3
+    resumed = script.main(augmented + ["--output-dir", str(tmp_path / "resumed")])
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    _assert_same_weights(_model_state(tmp_path / "resumed"), ckpt)
+
+
 def _write_folder(root: Path) -> tuple[Path, Path]:
     scenes = SyntheticScenes(14, image_size=80, seed=1)
     for i in range(len(scenes)):
@@ -211,16 +248,19 @@ def test_defaults_presets_and_learning_rate_scaling(script):
         script.parse_args(["--resume", "/no/such/checkpoint.pth"])
 
 
+# Subprocesses on one thread too, so that their results can match the in-process runs bit for bit.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _run(cmd):
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=ONE_THREAD)
 
 
 @pytest.mark.slow
 def test_sigterm_to_a_real_process_saves_and_exits_cleanly(uninterrupted, tmp_path):
     reference, ref_summary = uninterrupted
     cmd = [sys.executable, str(SCRIPT), *TINY, "--output-dir", str(tmp_path)]
-    # Same thread count as the in-process reference, so that results can match bit for bit.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONE_THREAD)
     deadline = time.time() + 180
     while time.time() < deadline and not any("loss" in r for r in (_metrics(tmp_path) if (tmp_path / "metrics.jsonl").exists() else [])):
         time.sleep(0.2)

@@ -55,7 +55,7 @@ def adjust_hue(images: Tensor, hue_shift: Tensor) -> Tensor:
     hue = torch.where(chroma > 0, hue, torch.zeros_like(hue))
     hue = (hue + 6 * _per_sample(hue_shift)) % 6
     # HSV -> RGB: channel n takes v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + h) mod 6.
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype)[None, :, None, None]
+    offsets = torch.arange(5.0, 0.0, -2.0, device=images.device, dtype=images.dtype)[None, :, None, None]  # 5, 3, 1
     k = (offsets + hue) % 6
     return value - value * saturation * torch.minimum(k, 4 - k).clamp(0, 1)
 
@@ -166,12 +166,19 @@ class BatchPhotometric(torch.nn.Module):
             ``sigma`` float ``[B]``.
         """
         u = torch.rand(batch, 12, generator=generator, device=device)
-        b, c, s, h = self.strengths
-        low = torch.tensor([1 - b, 1 - c, 1 - s, -h], device=device)
-        high = torch.tensor([1 + b, 1 + c, 1 + s, h], device=device)
-        neutral = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
         jitter = u[:, 4] < self.jitter_p
-        factors = torch.where(jitter[:, None], low + u[:, :4] * (high - low), neutral)
+        # Built from Python scalars, not torch.tensor(...): a host-to-device copy per call would
+        # synchronise the stream.
+        b, c, s, h = self.strengths
+        factors = torch.stack(
+            [
+                torch.where(jitter, (1 - b) + u[:, 0] * (2 * b), 1.0),
+                torch.where(jitter, (1 - c) + u[:, 1] * (2 * c), 1.0),
+                torch.where(jitter, (1 - s) + u[:, 2] * (2 * s), 1.0),
+                torch.where(jitter, -h + u[:, 3] * (2 * h), 0.0),
+            ],
+            dim=1,
+        )
         order = torch.argsort(torch.rand(batch, 4, generator=generator, device=device), dim=1)
         sigma = self.blur_sigma[0] + u[:, 8] * (self.blur_sigma[1] - self.blur_sigma[0])
         return {

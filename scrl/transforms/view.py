@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torchvision.transforms.functional as F
@@ -19,6 +19,7 @@ from .rgb import to_rgb
 __all__ = ["TwoViewTransform", "ViewTransform", "byol_view"]
 
 View = Callable[..., tuple[Tensor, ViewGeometry]]
+Photometric = bool | Literal["device"]
 
 
 class ViewTransform(nn.Module):
@@ -96,7 +97,7 @@ def byol_view(
     view: int,
     size: int | Sequence[int] = 224,
     scale: Sequence[float] = (0.2, 1.0),
-    photometric: bool = True,
+    photometric: Photometric = True,
     normalize: bool = True,
     uint8: bool = False,
     *,
@@ -109,11 +110,18 @@ def byol_view(
     the photometric steps of :func:`byol_photometric`, then to-tensor and ImageNet
     normalisation.
 
+    With ``photometric="device"`` the view stops after the geometric steps and is returned as
+    uint8 ``[3, H, W]``: the photometric steps and the normalisation are left to
+    ``BatchPhotometric(view=view)`` (:class:`BatchPhotometric`), which runs them on a whole batch
+    on the accelerator. A data worker then only decodes, crops, resizes and flips.
+
     Args:
         view: 1 or 2 (they differ in blur and solarize probabilities).
         size: view ``(height, width)``, or an int for a square view, >= 1.
         scale: crop area fraction ``(min, max)``, 0 < min <= max <= 1 (SCRL: 0.2 to 1).
-        photometric: add the photometric steps; ``False`` gives the pure geometric warp.
+        photometric: ``True`` adds the photometric steps here; ``False`` gives the pure
+            geometric warp; ``"device"`` gives the geometric warp as uint8 for
+            :class:`BatchPhotometric` (``normalize`` and ``uint8`` are then not used).
         normalize: ImageNet-normalise; ``False`` keeps values in [0, 1].
         uint8: return uint8 ``[3, H, W]`` without normalisation (see :func:`normalize_uint8`).
         ratio: crop aspect ratio (width / height) range.
@@ -126,15 +134,20 @@ def byol_view(
         >>> x, geom = byol_view(1, size=96)(img)
         >>> x.shape, geom.crop.shape
         (torch.Size([3, 96, 96]), torch.Size([4]))
+        >>> raw, geom = byol_view(1, size=96, photometric="device")(img)  # uint8, crop + flip only
+        >>> BatchPhotometric(view=1)(raw[None]).shape  # photometric steps + normalisation, any device
+        torch.Size([1, 3, 96, 96])
     """
     if isinstance(view, bool) or view not in (1, 2):
         raise ValueError(f"view must be 1 or 2, got {view!r}")
+    if not (isinstance(photometric, bool) or photometric == "device"):
+        raise ValueError(f"photometric must be True, False or 'device', got {photometric!r}")
     hw = check_crop_args(size, scale, ratio, interpolation)
     return ViewTransform(
         [RandomResizedCrop(hw, scale, ratio, interpolation), RandomHorizontalFlip(0.5)],
-        byol_photometric(view, hw) if photometric else None,
+        byol_photometric(view, hw) if photometric is True else None,
         normalize=normalize,
-        uint8=uint8,
+        uint8=uint8 or photometric == "device",
     )
 
 
@@ -163,10 +176,20 @@ class TwoViewTransform(nn.Module):
 
     @classmethod
     def byol(
-        cls, size: int | Sequence[int] = 224, scale: Sequence[float] = (0.2, 1.0), uint8: bool = False
+        cls,
+        size: int | Sequence[int] = 224,
+        scale: Sequence[float] = (0.2, 1.0),
+        uint8: bool = False,
+        photometric: Photometric = True,
     ) -> "TwoViewTransform":
-        """The paper's pair ``(T1, T2)``: :func:`byol_view` 1 and 2 with these settings."""
-        return cls(byol_view(1, size, scale, uint8=uint8), byol_view(2, size, scale, uint8=uint8))
+        """The paper's pair ``(T1, T2)``: :func:`byol_view` 1 and 2 with these settings.
+
+        ``photometric="device"`` makes geometry-only uint8 views; finish them on the device with
+        ``BatchPhotometric(view=1)`` and ``BatchPhotometric(view=2)``.
+        """
+        return cls(
+            byol_view(1, size, scale, photometric, uint8=uint8), byol_view(2, size, scale, photometric, uint8=uint8)
+        )
 
     def forward(
         self, img: Image.Image, generator: torch.Generator | None = None
