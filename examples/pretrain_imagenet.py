@@ -28,9 +28,11 @@ from torch import nn
 import scrl
 from scrl.checkpoint import latest_checkpoint, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
 from scrl.data import (
-    ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed, two_view_loader,
+    ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed, open_box_dataset,
+    two_view_loader,
 )
 from scrl.distributed import DistInfo, all_gather_object, cleanup, init_distributed
+from scrl.eval import roi_probe
 from scrl.metrics import DeviceMeans, MetricsLogger, NonFiniteWatch
 from scrl.momentum import cosine_tau
 from scrl.stop_signal import StopSignal
@@ -78,9 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="workers only decode, crop, resize and flip; colour jitter, grayscale, blur, solarize run batched on the device")
     add("--save-every", type=int, default=0, help="also save every N optimiser steps (0: only at epoch ends, on signals, at the end)")
     add("--log-every", type=int, default=10, help="log every N optimiser steps")
+    add("--roi-probe", default=None, metavar="DATA",
+        help="box dataset for the online RoI probe (COCO .json, YOLO folder, or synthetic[:N]); off by default")
+    add("--roi-probe-every", type=int, default=1, metavar="N", help="run the RoI probe every N epochs (and at the end)")
+    add("--roi-probe-size", type=int, default=None, help="image side for the RoI probe (default: 2x --image-size)")
     add("--device", choices=["auto", "cuda", "cpu"], default="auto")
     args = p.parse_args(argv)
-    for name in ("epochs", "max_steps", "batch_size", "image_size", "num_boxes", "log_every", "synthetic_images"):
+    for name in ("epochs", "max_steps", "batch_size", "image_size", "num_boxes", "log_every", "synthetic_images",
+                 "roi_probe_every", "roi_probe_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -283,6 +290,23 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         saved_at = step
 
     logger = MetricsLogger(args.output_dir, enabled=main_process)
+    probe_data = None
+    if args.roi_probe and main_process:
+        probe_data = open_box_dataset(args.roi_probe, synthetic_image_size=round(1.5 * args.image_size))
+
+    def run_roi_probe() -> None:
+        """RoI linear + k-NN accuracy of the online trunk on --roi-probe (rank 0), logged to metrics.jsonl."""
+        if probe_data is None:
+            return
+        # Forked RNG: probing must not change the training's random streams, so a run with the
+        # probe trains exactly as one without it (and resumes exactly).
+        with torch.random.fork_rng(devices=[device] if on_gpu else []):
+            metrics = roi_probe(model.trunk, probe_data, image_size=args.roi_probe_size or 2 * args.image_size,
+                                autocast_dtype=amp_dtype, channels_last=args.channels_last)
+        logger.log({"event": "roi_probe", "step": step, "epoch": epoch} | metrics)
+        log(f"roi probe at step {step}: linear top-1 {metrics['roi_linear_top1']:.1f} %, k-NN top-1 "
+            f"{metrics['roi_knn_top1']:.1f} % (chance {metrics['roi_chance']:.1f} %, majority {metrics['roi_majority']:.1f} %)")
+
     augmented = "photometric steps on the device" if args.augment_on_device else "augmented in the workers"
     log(f"{args.method} {args.arch}: {len(dataset)} images, {world} process(es) x {args.batch_size} = {global_batch} per step, "
         f"lr {lr:.4g}, {steps_per_epoch} steps/epoch, {total_steps} steps total (stopping at {last_step}), "
@@ -357,12 +381,16 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
                 check_finite()
                 if saved_at != step:
                     save()
+                if (epoch + 1) % args.roi_probe_every == 0 and step < last_step:
+                    run_roi_probe()
                 epoch, batch_in_epoch = epoch + 1, 0
 
     # ---------------------------------------------------------------- checkpoint and export
     check_finite()
     if saved_at != step:
         save()
+    if stopped_by is None:
+        run_roi_probe()
     digests = all_gather_object(weights_digest(model))
     print(f"rank {rank}: weights sha256 {digests[rank]}", flush=True)
     backbone_path = os.path.join(args.output_dir, "backbone_torchvision.pth")

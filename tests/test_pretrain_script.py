@@ -125,6 +125,19 @@ def test_stop_and_resume_equals_uninterrupted_run(script, uninterrupted, tmp_pat
                        torch.load(reference / "backbone_torchvision.pth")["layer4.1.bn2.weight"])
 
 
+def test_roi_probe_logs_accuracy_each_epoch_without_changing_the_training(script, uninterrupted, tmp_path, capsys):
+    reference, _ = uninterrupted
+    script.main(TINY + ["--roi-probe", "synthetic:16", "--roi-probe-size", "64", "--output-dir", str(tmp_path)])
+    probes = [r for r in _metrics(tmp_path) if r.get("event") == "roi_probe"]
+    # After epoch 1, and once at the end of epoch 2 (the end of the run).
+    assert [(r["step"], r["epoch"]) for r in probes] == [(2, 0), (4, 2)]
+    for r in probes:
+        assert 0 <= r["roi_linear_top1"] <= 100 and 0 <= r["roi_knn_top1"] <= 100
+        assert r["roi_chance"] == pytest.approx(100 / 18) and r["roi_test_boxes"] > 0
+    assert "roi probe at step 2: linear top-1" in capsys.readouterr().out
+    _assert_same_weights(_model_state(tmp_path), _model_state(reference))
+
+
 def test_signal_saves_at_the_next_step_and_resume_is_exact(script, uninterrupted, tmp_path, monkeypatch, capsys):
     reference, ref_summary = uninterrupted
     calls = []
