@@ -12,8 +12,8 @@ with RoI linear top-1 (mean +- std over linear heads, and over pretraining seeds
 budget has several), RoI k-NN top-1 (cosine, k = 20), and cross-view RoI retrieval top-1, each
 beside its chance rate and the majority-class rate.
 
-    python benchmarks/quality.py --budget smoke            # 2-3 minutes on a CPU: does it all run
-    python benchmarks/quality.py --budget cpu --json       # the pilot's size on a CPU (hours on 2 cores)
+    python benchmarks/quality.py --budget smoke            # about a minute on a CPU: does it all run
+    python benchmarks/quality.py --budget cpu --json       # ~80k images per method (hours on 2 cores)
     python benchmarks/quality.py --budget gpu --json       # one H100/H200, bf16, channels-last, < 10 minutes
 
 Prints a table and, with --json, one JSON object on the last line (keys ``random``, ``byol``,
@@ -74,9 +74,9 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget("resnet18", 64, 16, 20, 10, 10, 32, 96, 48, 128, 128, 20, 3, 1, 2, 0, 16, "off", False),
-    # The pilot in the issue: ~80k images seen per method (2,500 steps of 32) separated the methods.
+    # ~80k images seen per method (2,500 steps of 32): about where the methods start to separate.
     "cpu": Budget("resnet18", 96, 32, 2500, 125, 500, 128, 192, 384, 256, 256, 100, 3, 1, 2, 0, 16, "off", False),
-    # ~205k images per method (2.5x the pilot); data-bound at ~1.5k images/s on 16 cores.
+    # ~205k images per method; on one H100 with 16 cores the scene workers set the pace (~960 images/s).
     "gpu": Budget("resnet18", 96, 256, 800, 100, 200, 256, 192, 1024, 256, 512, 100, 5, 1, 12, 8, 64, "bf16", True),
 }
 

@@ -38,7 +38,7 @@ from scrl.momentum import cosine_tau
 from scrl.stop_signal import StopSignal
 from scrl.transforms import BatchPhotometric, normalize_uint8
 
-# The paper's hyper-parameters (../shared/REFERENCE.md); the learning rate is per 256 images.
+# The paper's hyper-parameters (SCRL, CVPR 2021, and its configs); the learning rate is per 256 images.
 PRESETS = {
     "200ep": dict(epochs=200, base_lr=0.45, weight_decay=1.0e-6, tau_base=0.97),
     "1000ep": dict(epochs=1000, base_lr=0.2, weight_decay=1.5e-6, tau_base=0.996),
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--weight-decay", type=float, default=None)
     add("--tau-base", type=float, default=None, help="target weight tau at step 0 of the cosine schedule")
     add("--warmup-epochs", type=float, default=None, help="linear warm-up (default: 10, at most a tenth of --epochs)")
-    add("--workers", type=int, default=None, help="data workers per process (default: CPU cores per process, at most 10; 2 on CPU)")
+    add("--workers", type=int, default=None, help="data workers per process (default: CPU cores per process - 1, at most 10; 2 on CPU)")
     add("--synthetic-images", type=int, default=None, help="size of the synthetic dataset without --data")
     add("--output-dir", default="runs/pretrain")
     add("--resume", default="auto", help="auto (latest checkpoint in --output-dir, if any), a checkpoint path, or none")

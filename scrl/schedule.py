@@ -38,7 +38,7 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> 
         ``torch.optim.lr_scheduler.LambdaLR``.
 
     Example:
-        >>> opt = LARS(model.parameters(), lr=0.45)
+        >>> opt = LARS(lars_param_groups(model, weight_decay=1e-6), lr=0.45)
         >>> sched = warmup_cosine(opt, warmup_steps=100, total_steps=1000)
         >>> for step in range(1000):
         ...     ...  # forward, backward

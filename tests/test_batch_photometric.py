@@ -194,3 +194,16 @@ def test_each_step_matches_torchvision_on_uint8_images_within_rounding(step, val
     assert expected.dtype == torch.uint8 and (out - expected.float()).abs().max() <= levels + 1e-3
     if step not in ("grayscale", "solarize"):  # each sample got its own value
         assert all(not torch.allclose(out[0], reference(x[0], v).float(), atol=1.5) for v in values[1:])
+
+
+def test_blur_kernel_follows_each_axis_of_a_non_square_view():
+    x = torch.rand(2, 3, 40, 100)
+    sigma = torch.tensor([1.5, 2.0])
+    ours = gaussian_blur(x, sigma, (11, 5))  # (along x, along y), as torchvision
+    expected = torch.stack([TF.gaussian_blur(x[i], [11, 5], [sigma[i].item()] * 2) for i in range(2)])
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    augment = BatchPhotometric(view=1, normalize=False, jitter_p=0.0, grayscale_p=0.0)
+    params = augment.sample_parameters(2, x.device, torch.Generator().manual_seed(0))
+    # Default kernel: about 10 % of each side, as the per-image pipeline's GaussianBlur((k_w, k_h)).
+    expected = torch.stack([TF.gaussian_blur(x[i], [11, 5], [params["sigma"][i].item()] * 2) for i in range(2)])
+    torch.testing.assert_close(augment(x, params=params), expected, rtol=0, atol=1e-5)

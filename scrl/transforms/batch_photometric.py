@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
-from .photometric import blur_kernel_size
+from .photometric import BLUR_P, BLUR_SIGMA, COLOR_JITTER, GRAYSCALE_P, JITTER_P, SOLARIZE_P, blur_kernel_size
 
 __all__ = ["BatchPhotometric", "adjust_hue", "gaussian_blur"]
 
@@ -60,25 +60,32 @@ def adjust_hue(images: Tensor, hue_shift: Tensor) -> Tensor:
     return value - value * saturation * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
-def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+def _gaussian_kernels(sigma: Tensor, size: int, channels: int, dtype: torch.dtype) -> Tensor:
+    """Normalised 1-D Gaussians of ``size`` taps, one per sample and channel: ``[B * C, size]``."""
+    half = size // 2
+    x = torch.arange(-half, half + 1, device=sigma.device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (x[None] / sigma[:, None].to(dtype)) ** 2)
+    return (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int | tuple[int, int]) -> Tensor:
     """Blur each image with its own Gaussian, like ``torchvision``'s ``gaussian_blur`` (reflect padding).
 
     Args:
         images: float ``[B, C, H, W]``.
         sigma: float ``[B]``, > 0, in pixels; a sample with a tiny sigma is left unchanged.
-        kernel_size: odd kernel side in pixels, smaller than twice the image side.
+        kernel_size: odd kernel side in pixels, or ``(along x, along y)`` as torchvision takes it;
+            each smaller than twice the image side along its axis.
 
     Returns:
         float ``[B, C, H, W]``.
     """
     b, c, h, w = images.shape
-    half = kernel_size // 2
-    x = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (x[None] / sigma[:, None].to(images.dtype)) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [B*C, k]
-    flat = torch.nn.functional.pad(images.reshape(1, b * c, h, w), (half, half, half, half), mode="reflect")
-    flat = torch.nn.functional.conv2d(flat, kernel[:, None, None, :], groups=b * c)
-    flat = torch.nn.functional.conv2d(flat, kernel[:, None, :, None], groups=b * c)
+    size_x, size_y = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    flat = images.reshape(1, b * c, h, w)
+    flat = torch.nn.functional.pad(flat, (size_x // 2, size_x // 2, size_y // 2, size_y // 2), mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, _gaussian_kernels(sigma, size_x, c, images.dtype)[:, None, None, :], groups=b * c)
+    flat = torch.nn.functional.conv2d(flat, _gaussian_kernels(sigma, size_y, c, images.dtype)[:, None, :, None], groups=b * c)
     return flat.reshape(b, c, h, w)
 
 
@@ -98,7 +105,8 @@ class BatchPhotometric(torch.nn.Module):
 
     Args:
         view: 1 or 2, picks the paper's blur (1.0 / 0.1) and solarize (0.0 / 0.2) probabilities.
-        kernel_size: blur kernel side in pixels (odd); ``None`` takes 10 % of the image side.
+        kernel_size: blur kernel side in pixels (odd); ``None`` takes about 10 % of the image's
+            width and height, per axis, as the per-image pipeline does.
         brightness, contrast, saturation: jitter strengths in ``[0, 1]``; factors are ``U(1 - s, 1 + s)``.
         hue: hue strength in ``[0, 0.5]``; the shift is ``U(-hue, hue)`` of a turn.
         jitter_p, grayscale_p, blur_p, solarize_p: probabilities in ``[0, 1]``; ``blur_p`` and
@@ -117,14 +125,14 @@ class BatchPhotometric(torch.nn.Module):
         self,
         view: int = 1,
         kernel_size: int | None = None,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.2,
-        hue: float = 0.1,
-        jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
+        brightness: float = COLOR_JITTER["brightness"],
+        contrast: float = COLOR_JITTER["contrast"],
+        saturation: float = COLOR_JITTER["saturation"],
+        hue: float = COLOR_JITTER["hue"],
+        jitter_p: float = JITTER_P,
+        grayscale_p: float = GRAYSCALE_P,
         blur_p: float | None = None,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_sigma: tuple[float, float] = BLUR_SIGMA,
         solarize_p: float | None = None,
         normalize: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -140,8 +148,8 @@ class BatchPhotometric(torch.nn.Module):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if not 0.0 <= hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {hue!r}")
-        blur_p = (1.0 if view == 1 else 0.1) if blur_p is None else blur_p
-        solarize_p = (0.0 if view == 1 else 0.2) if solarize_p is None else solarize_p
+        blur_p = BLUR_P[view] if blur_p is None else blur_p
+        solarize_p = SOLARIZE_P[view] if solarize_p is None else solarize_p
         for name, value in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p), ("blur_p", blur_p), ("solarize_p", solarize_p)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -210,7 +218,7 @@ class BatchPhotometric(torch.nn.Module):
             params = self.sample_parameters(x.shape[0], x.device, generator)
         x = self._color_jitter(x, params["factors"], params["order"])
         x = torch.where(_per_sample(params["grayscale"]), _gray(x).expand_as(x), x)
-        kernel_size = self.kernel_size or blur_kernel_size(min(x.shape[-2:]))
+        kernel_size = self.kernel_size or (blur_kernel_size(x.shape[-1]), blur_kernel_size(x.shape[-2]))
         # Samples that skip the blur get a kernel so narrow that it is the identity.
         sigma = torch.where(params["blur"], params["sigma"], torch.full_like(params["sigma"], 1e-3))
         x = gaussian_blur(x, sigma, kernel_size)

@@ -15,9 +15,14 @@ from .geometric import _as_size
 
 __all__ = ["GaussianBlur", "blur_kernel_size", "byol_photometric", "global_rng_from"]
 
-# Table A1: view 1 is always blurred and never solarised; view 2 rarely blurred, sometimes solarised.
-_BLUR_P = {1: 1.0, 2: 0.1}
-_SOLARIZE_P = {1: 0.0, 2: 0.2}
+# Table A1, shared by the per-image steps here and the batched ones (batch_photometric.py).
+COLOR_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
+JITTER_P = 0.8
+GRAYSCALE_P = 0.2
+BLUR_SIGMA = (0.1, 2.0)
+# View 1 is always blurred and never solarised; view 2 rarely blurred, sometimes solarised.
+BLUR_P = {1: 1.0, 2: 0.1}
+SOLARIZE_P = {1: 0.0, 2: 0.2}
 
 
 def blur_kernel_size(side: int) -> int:
@@ -85,12 +90,12 @@ def byol_photometric(view: int, size: int | Sequence[int] = 224) -> T.Compose:
         raise ValueError(f"view must be 1 or 2, got {view!r}")
     height, width = _as_size(size)
     steps = [
-        _with_probability(T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1), 0.8),
-        T.RandomGrayscale(p=0.2),
+        _with_probability(T.ColorJitter(**COLOR_JITTER), JITTER_P),
+        T.RandomGrayscale(p=GRAYSCALE_P),
         _with_probability(
-            GaussianBlur((blur_kernel_size(width), blur_kernel_size(height)), sigma=(0.1, 2.0)), _BLUR_P[view]
+            GaussianBlur((blur_kernel_size(width), blur_kernel_size(height)), sigma=BLUR_SIGMA), BLUR_P[view]
         ),
-        T.RandomSolarize(threshold=128, p=_SOLARIZE_P[view]) if _SOLARIZE_P[view] > 0 else None,
+        T.RandomSolarize(threshold=128, p=SOLARIZE_P[view]) if SOLARIZE_P[view] > 0 else None,
     ]
     return T.Compose([step for step in steps if step is not None])
 
