@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms.functional as F
 from PIL import Image
 
 from scrl import TwoViewTransform
