@@ -107,28 +107,28 @@ def _greedy_iou_keep(boxes: Tensor, candidate_ok: Tensor, iou_threshold: float) 
     Returns:
         bool ``[M, N]``.
     """
+    m, n = boxes.shape[1:]
     a, b = boxes[:, :, None], boxes[:, None]  # [4, M, 1, N] against [4, 1, M, N]
-    # In-place arithmetic on two [M, M, N] buffers: fresh allocations of this size cost more
-    # than the arithmetic on CPU.
-    low = torch.maximum(a[0], b[0])
-    inter_w = torch.minimum(a[2], b[2]).sub_(low)
-    inter_h = torch.minimum(a[3], b[3]).sub_(torch.maximum(a[1], b[1], out=low))
+    # All [M, M, N] arithmetic runs in place in one workspace: on CPU, fresh allocations of
+    # this size (page faults) cost more than the arithmetic itself.
+    inter, bound, scratch = torch.empty((3, m, m, n), dtype=boxes.dtype, device=boxes.device).unbind(0)
+    torch.minimum(a[2], b[2], out=inter).sub_(torch.maximum(a[0], b[0], out=scratch)).clamp_(min=0)
+    torch.minimum(a[3], b[3], out=bound).sub_(torch.maximum(a[1], b[1], out=scratch))
     # A negative height times a width clamped at 0 stays <= 0: one clamp is enough.
-    inter = inter_w.clamp_(min=0).mul_(inter_h)
-    # IoU > t  <=>  inter > t / (1 + t) * (area_a + area_b), without a division.
+    inter.mul_(bound)
+    # IoU > t  <=>  inter > t / (1 + t) * (area_a + area_b), without a division; only earlier
+    # candidates (j < m) can reject candidate m, so the bound is infinite elsewhere.
     scaled_area = (boxes[2] - boxes[0]) * (boxes[3] - boxes[1]) * (iou_threshold / (1 + iou_threshold))
-    m = boxes.shape[1]
-    # Only earlier candidates (j < m) can reject candidate m: an infinite bound elsewhere.
     later = torch.full((m, m), torch.inf, dtype=boxes.dtype, device=boxes.device).triu_()[..., None]
-    bound = torch.add(scaled_area[:, None], scaled_area[None], out=inter_h).add_(later)
-    conflict = inter > bound
+    torch.add(scaled_area[:, None], scaled_area[None], out=bound).add_(later)
     # Integer sums reduce over the middle axis faster than bool any() on CPU; uint8 holds every
     # count below 256 candidates exactly.
     count_dtype = torch.uint8 if m < 256 else torch.int32
-    conflict = conflict.to(count_dtype)
+    conflict = torch.gt(inter, bound).to(count_dtype)
+    product = torch.empty_like(conflict)
     keep = candidate_ok
     for _ in range(_GREEDY_ROUNDS):
-        conflicts = (conflict * keep.to(count_dtype)[None]).sum(dim=1, dtype=count_dtype)
+        conflicts = torch.mul(conflict, keep.to(count_dtype)[None], out=product).sum(dim=1, dtype=count_dtype)
         keep = candidate_ok & (conflicts == 0)
     return keep
 
