@@ -25,8 +25,8 @@ def _per_sample(values: Tensor) -> Tensor:
 
 
 def _gray(images: Tensor) -> Tensor:
-    r, g, b = images.unbind(dim=1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b)[:, None]
+    r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    return (_GRAY_WEIGHTS[0] * r).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2])
 
 
 def adjust_hue(images: Tensor, hue_shift: Tensor) -> Tensor:
@@ -39,25 +39,20 @@ def adjust_hue(images: Tensor, hue_shift: Tensor) -> Tensor:
     Returns:
         float ``[B, 3, H, W]`` in ``[0, 1]``.
     """
-    value, _ = images.max(dim=1, keepdim=True)
-    minimum, _ = images.min(dim=1, keepdim=True)
+    minimum, value = torch.aminmax(images, dim=1, keepdim=True)
     chroma = value - minimum
-    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    saturation = chroma / torch.where(value > 0, value, torch.ones_like(value))
-    r, g, b = images.unbind(dim=1)
-    r, g, b = r[:, None], g[:, None], b[:, None]
-    # Hue in sextants [0, 6), from whichever channel holds the maximum (red wins ties, as in PIL).
-    hue = torch.where(
-        value == r,
-        ((g - b) / safe_chroma) % 6,
-        torch.where(value == g, (b - r) / safe_chroma + 2, (r - g) / safe_chroma + 4),
-    )
-    hue = torch.where(chroma > 0, hue, torch.zeros_like(hue))
-    hue = (hue + 6 * _per_sample(hue_shift)) % 6
-    # HSV -> RGB: channel n takes v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + h) mod 6.
+    r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    # Hue in sextants, measured from whichever channel holds the maximum (red wins ties, as in
+    # PIL). Gray pixels have a zero numerator, so the clamped divisor gives them hue 0.
+    numerator = torch.where(value == r, g - b, torch.where(value == g, (b - r) + 2 * chroma, (r - g) + 4 * chroma))
+    hue = numerator.div_(chroma.clamp_min(torch.finfo(images.dtype).tiny))
+    hue.add_(6 * _per_sample(hue_shift))
+    # HSV -> RGB: channel n is v - c * clamp(min(k, 4 - k), 0, 1) with k = (n + h) mod 6, where
+    # c = v * s is the chroma, which the rotation leaves unchanged.
     offsets = torch.arange(5.0, 0.0, -2.0, device=images.device, dtype=images.dtype)[None, :, None, None]  # 5, 3, 1
-    k = (offsets + hue) % 6
-    return value - value * saturation * torch.minimum(k, 4 - k).clamp(0, 1)
+    k = (hue + offsets).remainder_(6)
+    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return torch.addcmul(value, chroma, ramp, value=-1)
 
 
 def _gaussian_kernels(sigma: Tensor, size: int, channels: int, dtype: torch.dtype) -> Tensor:
@@ -213,7 +208,7 @@ class BatchPhotometric(torch.nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         if params is None:
             params = self.sample_parameters(x.shape[0], x.device, generator)
         x = self._color_jitter(x, params["factors"], params["order"])
@@ -222,8 +217,10 @@ class BatchPhotometric(torch.nn.Module):
         # Samples that skip the blur get a kernel so narrow that it is the identity.
         sigma = torch.where(params["blur"], params["sigma"], torch.full_like(params["sigma"], 1e-3))
         x = gaussian_blur(x, sigma, kernel_size)
-        x = torch.where(_per_sample(params["solarize"]) & (x >= 0.5), 1 - x, x)
-        return (x - self.mean) / self.std if self.normalize else x
+        # Solarizing at an infinite threshold leaves a sample unchanged.
+        threshold = _per_sample(torch.where(params["solarize"], 0.5, float("inf")))
+        x = torch.where(x >= threshold, 1 - x, x)
+        return x.sub_(self.mean).div_(self.std) if self.normalize else x
 
     @staticmethod
     def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
@@ -257,9 +254,7 @@ def _blend_step(x: Tensor, step: Tensor, factor: Tensor) -> Tensor:
     gray = _gray(x)
     target = torch.where(
         _per_sample(step == 0),
-        torch.zeros_like(gray),
-        torch.where(_per_sample(step == 1), gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(gray), gray),
+        0.0,
+        torch.where(_per_sample(step == 1), gray.mean(dim=(1, 2, 3), keepdim=True), gray),
     )
-    factor = _per_sample(factor)
-    return (factor * x + (1 - factor) * target).clamp_(0, 1)
-
+    return torch.lerp(target, x, _per_sample(factor)).clamp_(0, 1)
