@@ -33,7 +33,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scrl.data import open_box_dataset
-from scrl.distributed import cleanup, init_distributed
+from scrl.distributed import cleanup, init_distributed, wrap_ddp
 from scrl.eval import split_by_image
 from scrl.export import resnet_arch, to_torchvision
 from scrl.trunk import RESNET_ARCHS
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     if distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # trunk and FPN
     model.to(device)
-    train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+    train_model = wrap_ddp(model, device)
 
     global_batch = args.batch_size * info.world_size
     lr = args.lr if args.lr is not None else 0.02 * global_batch / 16

@@ -31,7 +31,7 @@ from scrl.data import (
     ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed, open_box_dataset,
     two_view_loader,
 )
-from scrl.distributed import DistInfo, all_gather_object, cleanup, init_distributed
+from scrl.distributed import DistInfo, all_gather_object, cleanup, init_distributed, wrap_ddp
 from scrl.eval import roi_probe
 from scrl.metrics import DeviceMeans, MetricsLogger, NonFiniteWatch
 from scrl.momentum import cosine_tau
@@ -206,11 +206,7 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     optimizer = scrl.LARS(scrl.lars_param_groups(model, args.weight_decay), lr=lr, momentum=0.9, eta=0.001)
     scheduler = scrl.warmup_cosine(optimizer, warmup_steps, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    train_model = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_gpu else None, broadcast_buffers=not sync_bn
-        )
+    train_model = wrap_ddp(model, device, sync_buffers=not sync_bn)
     if args.compile:
         train_model = torch.compile(train_model)
 

@@ -7,13 +7,31 @@ Every helper also works in a single process without a process group.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_object", "cleanup"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "all_gather_object",
+    "wrap_ddp",
+    "cleanup",
+]
+
+# torch 2.13 renamed DDP's ``broadcast_buffers`` to ``forward_sync_buffers`` and warns on the old name.
+_SYNC_BUFFERS_ARG = (
+    "forward_sync_buffers"
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else "broadcast_buffers"
+)
 
 
 class DistInfo(NamedTuple):
@@ -85,6 +103,22 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, sync_buffers: bool = True) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when a process group runs; ``model`` itself otherwise.
+
+    Args:
+        model: the module, already on ``device``.
+        device: this process's device; a CUDA device is passed to DDP as its only ``device_ids``.
+        sync_buffers: copy rank 0's buffers (BatchNorm running statistics) to every rank before
+            each forward. ``False`` where each rank's buffers are meant to stay its own or are
+            kept equal anyway (SyncBatchNorm).
+    """
+    if get_world_size() == 1:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **{_SYNC_BUFFERS_ARG: sync_buffers})
 
 
 def cleanup() -> None:

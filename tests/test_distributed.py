@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 import torch
 
@@ -11,9 +13,18 @@ def test_single_process_without_torchrun_environment(monkeypatch):
     assert info == distributed.DistInfo(0, 1, 0, torch.device("cpu"))
     assert distributed.get_rank() == 0 and distributed.get_world_size() == 1 and distributed.is_main_process()
     assert distributed.all_gather_object({"a": 1}) == [{"a": 1}]
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap_ddp(model, info.device) is model
     distributed.cleanup()  # no group: nothing to do
 
 
 def test_bad_device_is_rejected():
     with pytest.raises(ValueError, match="device"):
         distributed.init_distributed("tpu")
+
+
+def test_wrap_ddp_uses_the_buffer_sync_argument_this_torch_takes():
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    assert distributed._SYNC_BUFFERS_ARG in parameters
+    if "forward_sync_buffers" in parameters:  # the old name is deprecated where the new one exists
+        assert distributed._SYNC_BUFFERS_ARG == "forward_sync_buffers"
