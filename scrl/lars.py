@@ -70,13 +70,24 @@ class LARS(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
         super().__init__(params, defaults)
 
+    # torch.amp.GradScaler hands this optimizer the loss scale and its inf/NaN flag as tensors
+    # (``grad_scale``, ``found_inf``) instead of reading the flag on the host to decide whether
+    # to call step(): an fp16 step then never waits for the device either.
+    _step_supports_amp_scaling = True
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:  # type: ignore[override]
-        """One LARS step over all parameters that have a gradient."""
+        """One LARS step over all parameters that have a gradient.
+
+        Under ``torch.amp.GradScaler`` the gradients are unscaled here, and a step whose
+        gradients hold an inf or NaN changes neither the parameters nor the momentum buffers.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -88,13 +99,33 @@ class LARS(Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
-            torch._foreach_mul_(buffers, group["momentum"])
+            momentum: float | Tensor = group["momentum"]
+            lr: float | Tensor = group["lr"]
+            if grad_scale is not None:
+                # The 0-dim Tensor overload of _foreach_mul_ exists from torch 2.1, of _foreach_div_ from 2.2.
+                torch._foreach_mul_(grads, grad_scale.reciprocal())
+            if found_inf is not None:
+                # A skipped step keeps every buffer (momentum 1, nothing added) and every
+                # parameter (learning rate 0); its non-finite gradients are zeroed first, as any
+                # arithmetic with them would turn the kept values into NaN.
+                skip = found_inf > 0
+                for grad in grads:
+                    grad.masked_fill_(skip, 0)
+                momentum = torch.where(skip, 1.0, momentum)
+                lr = torch.where(skip, 0.0, lr)
+            torch._foreach_mul_(buffers, momentum)
             if group["lars_exclude"]:
                 torch._foreach_add_(buffers, grads)
             else:
                 update = torch._foreach_add(grads, params, alpha=group["weight_decay"]) if group["weight_decay"] else grads
-                torch._foreach_addcmul_(buffers, update, self._trust_ratios(params, update, group["eta"]))
-            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+                trust = self._trust_ratios(params, update, group["eta"])
+                if found_inf is not None:
+                    trust = torch._foreach_mul(trust, 1 - skip.to(trust[0].dtype))
+                torch._foreach_addcmul_(buffers, update, trust)
+            if isinstance(lr, Tensor):
+                torch._foreach_sub_(params, torch._foreach_mul(buffers, lr))
+            else:
+                torch._foreach_add_(params, buffers, alpha=-lr)
         return loss
 
     @staticmethod

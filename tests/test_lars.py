@@ -116,13 +116,76 @@ def test_bad_arguments():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host-device syncs")
-def test_step_never_syncs_with_the_host():
+@pytest.mark.parametrize("fp16_scaler", [False, True])
+def test_step_never_syncs_with_the_host(fp16_scaler):
     model = torchvision.models.resnet18(weights=None).cuda()
     opt = LARS(lars_param_groups(model, 1e-6), lr=0.1)
-    model(torch.randn(2, 3, 64, 64, device="cuda")).sum().backward()
-    opt.step()  # allocates the momentum buffers
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16_scaler)
+    for step in range(2):  # the first step allocates the momentum buffers and the scaler's state
+        opt.zero_grad()
+        scaler.scale(model(torch.randn(2, 3, 64, 64, device="cuda")).sum()).backward()
+        torch.cuda.synchronize()
+        if step == 1:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            scaler.step(opt)
+            scaler.update()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+needs_cpu_grad_scaler = pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler needs torch >= 2.3")
+
+
+@needs_cpu_grad_scaler
+def test_under_grad_scaler_a_step_equals_the_step_on_unscaled_gradients():
+    torch.manual_seed(0)
+    model = Net()
+    twin = copy.deepcopy(model)
+    opt, twin_opt = (LARS(lars_param_groups(m, weight_decay=1e-2), lr=0.5, eta=0.02) for m in (model, twin))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    for _ in range(3):
+        x = torch.randn(8, 6)
+        for m, o in ((model, opt), (twin, twin_opt)):
+            o.zero_grad()
+            loss = m.fc2(torch.relu(m.bn(m.fc1(x)))).square().mean() + m.zero.sum() ** 2
+            if m is model:
+                scaler.scale(loss).backward()
+                assert model.fc1.weight.grad.abs().max() > 100  # the gradients really are scaled
+                scaler.step(o)
+                scaler.update()
+            else:
+                loss.backward()
+                o.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
+
+
+@needs_cpu_grad_scaler
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_under_grad_scaler_a_step_with_non_finite_gradients_changes_nothing(bad):
+    torch.manual_seed(0)
+    model = Net()
+    opt = LARS(lars_param_groups(model, weight_decay=1e-2), lr=0.5, eta=0.02)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+
+    def step(poison: bool) -> None:
+        opt.zero_grad()
+        scaler.scale(model.fc2(torch.relu(model.bn(model.fc1(torch.randn(8, 6))))).square().mean()).backward()
+        if poison:
+            model.fc1.weight.grad[0, 0] = bad
+        scaler.step(opt)
+        scaler.update()
+
+    step(poison=False)  # momentum buffers now hold something to keep
+    params = [p.detach().clone() for p in model.parameters()]
+    buffers = {id(p): opt.state[p]["momentum_buffer"].clone() for p in model.parameters() if p in opt.state}
+    step(poison=True)
+    for p, before in zip(model.parameters(), params):
+        assert torch.equal(p, before)
+        if id(p) in buffers:
+            assert torch.equal(opt.state[p]["momentum_buffer"], buffers[id(p)])
+    assert scaler.get_scale() == 2.0**11  # the scaler saw the overflow and backed off
+    step(poison=False)
+    assert not torch.equal(model.fc1.weight, params[0])  # and the next finite step trains again

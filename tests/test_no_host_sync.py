@@ -163,6 +163,33 @@ def test_training_step_has_no_host_sync(cls):
         assert 0 < logs["valid_share"] <= 1
 
 
+@pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler needs torch >= 2.3")
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_fp16_loss_scaling_steps_lars_without_host_sync(optimizer):
+    """GradScaler reads its inf/NaN flag on the host before a plain optimizer's step; LARS takes the flag as a tensor."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    if optimizer == "lars":
+        opt = LARS(lars_param_groups(model, weight_decay=1e-6), lr=0.1)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(model(torch.randn(4, 6)).square().mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    step()  # the scaler's and the optimiser's state
+    if optimizer == "lars":
+        with HostSyncGuard():
+            step()
+    else:
+        with pytest.raises(AssertionError, match="item"), HostSyncGuard():
+            step()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host-device syncs")
 @pytest.mark.parametrize("cls", [SCRL, BYOL])
 def test_training_step_has_no_host_sync_on_cuda(cls):
