@@ -13,11 +13,12 @@ and the worker side of on-device augmentation.
    thread (decoding, the same for both, is timed separately).
 3. The device side: ``BatchPhotometric`` on a uint8 batch (default 256 x 3 x 224 x 224, both
    views' settings alternately), images per second, on the CPU with all its threads or with
-   ``--device cuda``.
+   ``--device cuda``; with ``--compile`` also under ``torch.compile`` (inductor), as
+   ``pretrain_imagenet.py --augment-on-device --compile`` runs it.
 
 Repeats of 1 and 2 are interleaved (the order rotates) and the median is reported.
 
-    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--json]
+    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--compile] [--json]
 """
 
 from __future__ import annotations
@@ -75,19 +76,22 @@ def decode_ms(paths: list[Path]) -> float:
     return statistics.median(times)
 
 
-def batch_photometric_images_per_s(batch: int, size: int, device: torch.device, repeats: int) -> float:
+def batch_photometric_images_per_s(batch: int, size: int, device: torch.device, repeats: int, compile: bool = False) -> float:
     """Images per second of BatchPhotometric (views 1 and 2 alternately) on a uint8 batch already on ``device``."""
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = images.to(device)
     ops = [BatchPhotometric(view=1).to(device), BatchPhotometric(view=2).to(device)]
-    generator = torch.Generator(device).manual_seed(0)
+    # A Generator argument breaks a compiled graph: compiled ops draw from the global device RNG.
+    generator = None if compile else torch.Generator(device).manual_seed(0)
+    if compile:
+        ops = [torch.compile(op) for op in ops]
 
     def run(k: int) -> None:
         ops[k % 2](images, generator=generator)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for k in range(2):  # warm-up: allocations, kernel selection
+    for k in range(2):  # warm-up: allocations, kernel selection, compilation
         run(k)
     start = time.perf_counter()
     for k in range(repeats):
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="batch of the BatchPhotometric timing")
     parser.add_argument("--batch-repeats", type=int, default=4, help="timed BatchPhotometric calls")
     parser.add_argument("--device", default="cpu", help="device of the BatchPhotometric timing (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--compile", action="store_true", help="also time BatchPhotometric under torch.compile")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
     paths = sorted(args.images.glob("*.jpg"))
@@ -123,6 +128,7 @@ def main() -> None:
 
     # The device side first, with every CPU thread (or the GPU): a batched op, not a worker.
     batch_ips = batch_photometric_images_per_s(args.batch, args.size, device, args.batch_repeats)
+    compiled_ips = batch_photometric_images_per_s(args.batch, args.size, device, args.batch_repeats, compile=True) if args.compile else None
     batch_device = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     torch.set_num_threads(1)
     images = [Image.open(path).convert("RGB") for path in paths]  # decoded once, untimed
@@ -167,6 +173,8 @@ def main() -> None:
     print(f"worker speedup with on-device augmentation: {worker_speedup:.2f}x (target >= 3); "
           f"{with_decode:.2f}x counting the decoding ({decode:.3f} ms/img, median)")
     print(f"BatchPhotometric on {args.batch} x 3 x {args.size} x {args.size} uint8: {batch_ips:,.0f} images/s ({batch_device})")
+    if compiled_ips is not None:
+        print(f"the same under torch.compile: {compiled_ips:,.0f} images/s")
     if args.json:
         print(
             json.dumps(
@@ -183,6 +191,7 @@ def main() -> None:
                     "decode_ms": round(decode, 4),
                     "worker_speedup_with_decode": round(with_decode, 4),
                     "batch_photometric_images_per_s": round(batch_ips, 1),
+                    "batch_photometric_compiled_images_per_s": None if compiled_ips is None else round(compiled_ips, 1),
                     "batch_photometric_batch": args.batch,
                     "batch_photometric_device": batch_device,
                     "size": args.size,
