@@ -18,7 +18,7 @@ and the worker side of on-device augmentation.
 
 Repeats of 1 and 2 are interleaved (the order rotates) and the median is reported.
 
-    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--compile] [--json]
+    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--compile] [--batch-only] [--json]
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ def main() -> None:
     parser.add_argument("--batch-repeats", type=int, default=4, help="timed BatchPhotometric calls")
     parser.add_argument("--device", default="cpu", help="device of the BatchPhotometric timing (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--compile", action="store_true", help="also time BatchPhotometric under torch.compile")
+    parser.add_argument("--batch-only", action="store_true", help="time BatchPhotometric only (no COCO128 needed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
-    paths = sorted(args.images.glob("*.jpg"))
-    if not paths:
+    paths = [] if args.batch_only else sorted(args.images.glob("*.jpg"))
+    if not paths and not args.batch_only:
         sys.exit(f"no .jpg images found in {args.images}; nothing to measure")
     for name in ("size", "repeats", "batch", "batch_repeats"):
         if getattr(args, name) < 1:
@@ -130,6 +131,21 @@ def main() -> None:
     batch_ips = batch_photometric_images_per_s(args.batch, args.size, device, args.batch_repeats)
     compiled_ips = batch_photometric_images_per_s(args.batch, args.size, device, args.batch_repeats, compile=True) if args.compile else None
     batch_device = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    batch_results = {
+        "batch_photometric_images_per_s": round(batch_ips, 1),
+        "batch_photometric_compiled_images_per_s": None if compiled_ips is None else round(compiled_ips, 1),
+        "batch_photometric_batch": args.batch,
+        "batch_photometric_device": batch_device,
+        "size": args.size,
+    }
+    batch_lines = [f"BatchPhotometric on {args.batch} x 3 x {args.size} x {args.size} uint8: {batch_ips:,.0f} images/s ({batch_device})"]
+    if compiled_ips is not None:
+        batch_lines.append(f"the same under torch.compile: {compiled_ips:,.0f} images/s")
+    if args.batch_only:
+        print("\n".join(batch_lines))
+        if args.json:
+            print(json.dumps(batch_results))
+        return
     torch.set_num_threads(1)
     images = [Image.open(path).convert("RGB") for path in paths]  # decoded once, untimed
     pipelines = {
@@ -172,9 +188,7 @@ def main() -> None:
     with_decode = (median["worker_full"] + decode) / (median["worker_device_aug"] + decode)
     print(f"worker speedup with on-device augmentation: {worker_speedup:.2f}x (target >= 3); "
           f"{with_decode:.2f}x counting the decoding ({decode:.3f} ms/img, median)")
-    print(f"BatchPhotometric on {args.batch} x 3 x {args.size} x {args.size} uint8: {batch_ips:,.0f} images/s ({batch_device})")
-    if compiled_ips is not None:
-        print(f"the same under torch.compile: {compiled_ips:,.0f} images/s")
+    print("\n".join(batch_lines))
     if args.json:
         print(
             json.dumps(
@@ -190,11 +204,7 @@ def main() -> None:
                     "worker_speedup": round(worker_speedup, 4),
                     "decode_ms": round(decode, 4),
                     "worker_speedup_with_decode": round(with_decode, 4),
-                    "batch_photometric_images_per_s": round(batch_ips, 1),
-                    "batch_photometric_compiled_images_per_s": None if compiled_ips is None else round(compiled_ips, 1),
-                    "batch_photometric_batch": args.batch,
-                    "batch_photometric_device": batch_device,
-                    "size": args.size,
+                    **batch_results,
                     "images": len(images),
                     "repeats": args.repeats,
                 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The CUDA-only tests and the GPU figures of docs/benchmarks.md, in one run on one GPU
+# (a little under 10 minutes on an H100 with 16 CPU cores).
+#
+#   bash benchmarks/gpu_checks.sh [OUTPUT_DIR]      # default: runs/gpu_checks
+#
+# Each check writes its whole output to OUTPUT_DIR/NAME.log and shows its last lines; the
+# benchmarks end with their JSON object. A failing check does not stop the others; the exit
+# status is 1 when any failed.
+set -uo pipefail
+
+out="${1:-runs/gpu_checks}"
+mkdir -p "$out"
+failed=()
+
+check() {  # check NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    local start=$SECONDS
+    if timeout "$limit" "$@" >"$out/$name.log" 2>&1; then
+        echo "   passed in $((SECONDS - start)) s"
+    else
+        echo "   FAILED (exit $?) after $((SECONDS - start)) s"
+        failed+=("$name")
+    fi
+    tail -n 3 "$out/$name.log" | sed 's/^/   /'
+}
+
+python -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
+
+# Host-device syncs under torch.cuda.set_sync_debug_mode("error"), CUDA transforms.
+check cuda_tests 180 python -m pytest -q -p no:cacheprovider -k "cuda or never_syncs" \
+    tests/test_box_sampler.py tests/test_lars.py tests/test_momentum.py tests/test_no_host_sync.py tests/test_transforms.py
+# BatchPhotometric on a 256 x 224² batch, eager and compiled (target >= 20,000 images/s).
+check augment 180 python benchmarks/augment.py --device cuda --compile --batch-only --json
+# SCRL vs BYOL step; foreach LARS / EMA against per-tensor loops.
+check step 180 python benchmarks/step.py --device cuda --size 224 --batch 64 --channels-last --amp --json
+# Data throughput vs training throughput at the paper's per-GPU setting.
+pipeline=(python benchmarks/pipeline.py --workers 15 --arch resnet50 --image-size 224 --batch-size 256
+          --amp bf16 --channels-last --json)
+check pipeline 180 "${pipeline[@]}"
+check pipeline_device_augment 180 "${pipeline[@]}" --augment-on-device
+check pipeline_device_augment_compiled 300 "${pipeline[@]}" --augment-on-device --compile
+
+if ((${#failed[@]})); then
+    echo "failed: ${failed[*]}"
+    exit 1
+fi
+echo "all checks passed; logs in $out"
