@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA-only tests and the GPU figures of docs/benchmarks.md, in one run on one GPU
-# (a little under 10 minutes on an H100 with 16 CPU cores).
+# The CUDA-only tests and the GPU figures of docs/benchmarks.md, in one run on one GPU. Each
+# check runs under its own time limit (20 minutes for all of them at the very most).
 #
 #   bash benchmarks/gpu_checks.sh [OUTPUT_DIR]      # default: runs/gpu_checks
 #
