@@ -48,6 +48,7 @@ PRESETS = {
 GPU_DEFAULTS = dict(arch="resnet50", image_size=224, batch_size=256, amp="bf16", synthetic_images=16384)
 CPU_DEFAULTS = dict(arch="resnet18", image_size=64, batch_size=32, amp="off", synthetic_images=512, workers=2, epochs=10)
 CHECKPOINT = "checkpoint_last.pth"
+RANK_STREAMS = 0x52414E4B  # "RANK": the key that marks per-rank random streams
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -213,14 +214,18 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     # Per-rank random streams: box sampling and photometric augmentation on the device, and the
     # global ones for anything else. torch.compile cannot trace a Generator argument (graph
     # breaks), so compiled runs draw boxes and augmentation parameters from the global device
-    # RNG, which is checkpointed as well.
-    box_generator = torch.Generator(device).manual_seed(mix_seed(args.seed, rank, 1))
-    augment_generator = torch.Generator(device).manual_seed(mix_seed(args.seed, rank, 5))
+    # RNG, which is checkpointed as well. Four keys per seed keep these streams apart from the
+    # workers' per-sample (seed, epoch, index) ones.
+    def rank_seed(stream: int) -> int:
+        return mix_seed(args.seed, RANK_STREAMS, rank, stream)
+
+    box_generator = torch.Generator(device).manual_seed(rank_seed(1))
+    augment_generator = torch.Generator(device).manual_seed(rank_seed(5))
     generators = {"boxes": box_generator, "augment": augment_generator}
     box_rng, augment_rng = (None, None) if args.compile else (box_generator, augment_generator)
-    torch.manual_seed(mix_seed(args.seed, rank, 2))
-    np.random.seed(mix_seed(args.seed, rank, 3) % 2**32)
-    random.seed(mix_seed(args.seed, rank, 4))
+    torch.manual_seed(rank_seed(2))
+    np.random.seed(rank_seed(3) % 2**32)
+    random.seed(rank_seed(4))
 
     augment = None
     if args.augment_on_device:
@@ -242,7 +247,9 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     ckpt_path = os.path.join(args.output_dir, CHECKPOINT)
     resume_from = {"auto": latest_checkpoint(args.output_dir), "none": None}.get(args.resume, args.resume)
     if resume_from is not None:
-        ckpt = restore_checkpoint(resume_from, device, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        ckpt = restore_checkpoint(resume_from, device, model=model, optimizer=optimizer, scheduler=scheduler)
+        if ckpt["scaler"]:  # empty when the run was not fp16: an fp16 resume then starts a fresh scale
+            scaler.load_state_dict(ckpt["scaler"])
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         skipped_files = set(ckpt["skipped_files"])
         saved_world, saved_batch = ckpt["world_size"], ckpt["args"]["batch_size"]

@@ -57,6 +57,7 @@ def test_augmentations_are_a_function_of_seed_epoch_index_only():
     assert not torch.equal(ds[(2, 3)][0], a[0]) and not torch.equal(ds[(1, 4)][0], a[0])
     assert torch.equal(ds[3][0], ds[(0, 3)][0])
     assert mix_seed(5, 1, 3) != mix_seed(5, 3, 1) and mix_seed(5, 1, 3) != mix_seed(6, 1, 3) != mix_seed(6, 1)
+    assert len({mix_seed(5, 1), mix_seed(5, 1, 0), mix_seed(5, 1, 0, 0), mix_seed(5, 1, 0, 0, 0)}) == 4
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -223,6 +223,16 @@ def _write_folder(root: Path) -> tuple[Path, Path]:
     return truncated, text
 
 
+def test_resume_may_switch_to_fp16_loss_scaling_and_back(script, tmp_path):
+    script.main(TINY + ["--max-steps", "1", "--output-dir", str(tmp_path)])
+    assert _model_state(tmp_path)["scaler"] == {}  # no loss scaling without fp16
+    script.main(TINY + ["--amp", "fp16", "--max-steps", "2", "--output-dir", str(tmp_path)])
+    scaler = _model_state(tmp_path)["scaler"]
+    assert scaler["scale"] in (2.0**16, 2.0**15)  # a fresh scale after one step (halved if it overflowed)
+    summary = script.main(TINY + ["--max-steps", "3", "--output-dir", str(tmp_path)])
+    assert summary["step"] == 3
+
+
 def test_folder_with_corrupt_files_trains_and_reports_them(script, tmp_path, capsys):
     data = tmp_path / "data"
     (data / "class_a").mkdir(parents=True)
