@@ -395,7 +395,9 @@ def pretrain(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     if stopped_by is None:
         run_roi_probe()
     digests = all_gather_object(weights_digest(model))
-    print(f"rank {rank}: weights sha256 {digests[rank]}", flush=True)
+    # One write per line: every rank prints to the same stream, and print() writes the line and
+    # its end separately, which interleave between processes when the stream is unbuffered.
+    print(f"rank {rank}: weights sha256 {digests[rank]}\n", end="", flush=True)
     backbone_path = os.path.join(args.output_dir, "backbone_torchvision.pth")
     if main_process and stopped_by is None:
         save_checkpoint({k: v.contiguous() for k, v in model.backbone_state_dict().items()}, backbone_path)

@@ -102,8 +102,7 @@ class LARS(Optimizer):
             momentum: float | Tensor = group["momentum"]
             lr: float | Tensor = group["lr"]
             if grad_scale is not None:
-                # The 0-dim Tensor overload of _foreach_mul_ exists from torch 2.1, of _foreach_div_ from 2.2.
-                torch._foreach_mul_(grads, grad_scale.reciprocal())
+                torch._foreach_div_(grads, grad_scale)
             if found_inf is not None:
                 # A skipped step keeps every buffer (momentum 1, nothing added) and every
                 # parameter (learning rate 0); its non-finite gradients are zeroed first, as any

@@ -1,5 +1,3 @@
-import inspect
-
 import pytest
 import torch
 
@@ -22,9 +20,3 @@ def test_bad_device_is_rejected():
     with pytest.raises(ValueError, match="device"):
         distributed.init_distributed("tpu")
 
-
-def test_wrap_ddp_uses_the_buffer_sync_argument_this_torch_takes():
-    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
-    assert distributed._SYNC_BUFFERS_ARG in parameters
-    if "forward_sync_buffers" in parameters:  # the old name is deprecated where the new one exists
-        assert distributed._SYNC_BUFFERS_ARG == "forward_sync_buffers"

@@ -69,6 +69,14 @@ def test_excluded_group_is_plain_sgd_with_lr_applied_once():
     torch.testing.assert_close(p.detach(), torch.full((4,), 2.0 - 0.1 - 0.1 * 1.9))
 
 
+def test_excluded_group_ignores_weight_decay():
+    p, q = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    opt = LARS([{"params": [p], "lars_exclude": True, "weight_decay": 0.5}, {"params": [q], "lars_exclude": True}], lr=0.1)
+    p.grad, q.grad = torch.full((3,), 2.0), torch.full((3,), 2.0)
+    opt.step()
+    assert torch.equal(p, q) and torch.allclose(p, torch.full((3,), 0.8))
+
+
 def test_adapted_step_has_the_trust_ratio_size():
     torch.manual_seed(1)
     w = nn.Parameter(torch.randn(10, 10))
@@ -134,11 +142,8 @@ def test_step_never_syncs_with_the_host(fp16_scaler):
             torch.cuda.set_sync_debug_mode("default")
 
 
-needs_cpu_grad_scaler = pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler needs torch >= 2.3")
-
-
-@needs_cpu_grad_scaler
-def test_under_grad_scaler_a_step_equals_the_step_on_unscaled_gradients():
+@pytest.mark.parametrize("unscale_first", [False, True], ids=["scaler.step", "unscale_ then step"])
+def test_under_grad_scaler_a_step_equals_the_step_on_unscaled_gradients(unscale_first):
     torch.manual_seed(0)
     model = Net()
     twin = copy.deepcopy(model)
@@ -152,6 +157,8 @@ def test_under_grad_scaler_a_step_equals_the_step_on_unscaled_gradients():
             if m is model:
                 scaler.scale(loss).backward()
                 assert model.fc1.weight.grad.abs().max() > 100  # the gradients really are scaled
+                if unscale_first:  # as before gradient clipping: LARS must not unscale again
+                    scaler.unscale_(o)
                 scaler.step(o)
                 scaler.update()
             else:
@@ -162,7 +169,6 @@ def test_under_grad_scaler_a_step_equals_the_step_on_unscaled_gradients():
     assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
 
 
-@needs_cpu_grad_scaler
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_under_grad_scaler_a_step_with_non_finite_gradients_changes_nothing(bad):
     torch.manual_seed(0)

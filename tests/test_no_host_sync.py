@@ -163,7 +163,6 @@ def test_training_step_has_no_host_sync(cls):
         assert 0 < logs["valid_share"] <= 1
 
 
-@pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler needs torch >= 2.3")
 @pytest.mark.parametrize("optimizer", ["lars", "sgd"])
 def test_fp16_loss_scaling_steps_lars_without_host_sync(optimizer):
     """GradScaler reads its inf/NaN flag on the host before a plain optimizer's step; LARS takes the flag as a tensor."""
