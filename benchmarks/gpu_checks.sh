@@ -29,9 +29,10 @@ check() {  # check NAME SECONDS COMMAND...
 
 python -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
 
-# Host-device syncs under torch.cuda.set_sync_debug_mode("error"), CUDA transforms.
+# Host-device syncs under torch.cuda.set_sync_debug_mode("error"); CUDA results against CPU ones.
 check cuda_tests 180 python -m pytest -q -p no:cacheprovider -k "cuda or never_syncs" \
-    tests/test_box_sampler.py tests/test_lars.py tests/test_momentum.py tests/test_no_host_sync.py tests/test_transforms.py
+    tests/test_batch_photometric.py tests/test_box_sampler.py tests/test_lars.py tests/test_momentum.py tests/test_no_host_sync.py \
+    tests/test_transforms.py
 # BatchPhotometric on a 256 x 224² batch, eager and compiled (target >= 20,000 images/s).
 check augment 180 python benchmarks/augment.py --device cuda --compile --batch-only --json
 # SCRL vs BYOL step; foreach LARS / EMA against per-tensor loops.

@@ -127,6 +127,52 @@ def test_matches_sequential_greedy_rejection():
     assert agree / int(ok[0].sum()) > 0.97
 
 
+def fixed_pair(n: int) -> tuple[ViewGeometry, ViewGeometry, float, float]:
+    """``n`` copies of one view pair: overlap [100, 300] x [50, 200] source px; returns the minimum box size too."""
+    geom1 = ViewGeometry.full(400, 300).crop_to([100.0, 50.0, 400.0, 300.0]).resize(224, 224)
+    geom2 = ViewGeometry.full(400, 300).crop_to([0.0, 0.0, 300.0, 200.0]).resize(224, 224).hflip()
+    batch = [torch.utils.data.default_collate([g] * n) for g in (geom1, geom2)]
+    # 32 view px: 32 * 300 / 224 = 42.9 source px wide in both views, 32 * 250 / 224 = 35.7 high in view 1.
+    return batch[0], batch[1], 32 * 300 / 224, 32 * 250 / 224
+
+
+def test_uniform_boxes_follow_eq_1():
+    """Without rejection each box is one draw of Eq. 1: w ~ U(W_min, W^), x ~ U(0, W^ - w), likewise h, y."""
+    geom1, geom2, w_min, h_min = fixed_pair(20000)
+    pairs = sample_box_pairs(geom1, geom2, num_boxes=1, iou_threshold=None, candidates_per_box=1, generator=torch.Generator().manual_seed(0))
+    assert pairs.valid.all()
+    box = geom1.view_to_source(pairs.boxes1.double())[:, 0]
+    torch.testing.assert_close(geom2.view_to_source(pairs.boxes2.double())[:, 0], box, rtol=0, atol=1e-3)
+    x0, y0, x1, y1 = box.unbind(1)
+    w, h = x1 - x0, y1 - y0
+    standard_error = (1 / 12 / len(box)) ** 0.5  # of the mean of U(0, 1)
+    for name, u in (
+        ("width", (w - w_min) / (200 - w_min)),
+        ("height", (h - h_min) / (150 - h_min)),
+        ("left", (x0 - 100) / (200 - w)),
+        ("top", (y0 - 50) / (150 - h)),
+    ):
+        assert u.min() >= -1e-6 and u.max() <= 1 + 1e-6, name
+        assert abs(u.mean().item() - 0.5) < 4 * standard_error, name
+        assert abs(u.std().item() - 12**-0.5) < 0.01, name
+        quartiles = torch.quantile(u.float(), torch.tensor([0.25, 0.5, 0.75]))
+        torch.testing.assert_close(quartiles, torch.tensor([0.25, 0.5, 0.75]), rtol=0, atol=0.02, msg=name)
+
+
+def test_grid_boxes_fall_in_one_cell_of_a_random_grid():
+    """mode="grid": the overlap is split into c ~ U{1..floor(W^ / W_min)} cells per axis and the box is drawn in one."""
+    geom1, geom2, w_min, h_min = fixed_pair(20000)
+    pairs = sample_box_pairs(geom1, geom2, num_boxes=1, iou_threshold=None, candidates_per_box=1, mode="grid", generator=torch.Generator().manual_seed(0))
+    assert pairs.valid.all()
+    x0, _, x1, _ = geom1.view_to_source(pairs.boxes1.double())[:, 0].unbind(1)
+    w = x1 - x0
+    assert w.min() >= w_min - 1e-3 and x0.min() >= 100 - 1e-3 and x1.max() <= 300 + 1e-3
+    # Mean width over c = 1..4 cells (200 / 42.9 = 4.7): E[w] = mean_c (W_min + 200 / c) / 2.
+    cells = range(1, math.floor(200 / w_min) + 1)
+    expected = sum((w_min + 200 / c) / 2 for c in cells) / len(cells)
+    assert abs(w.mean().item() - expected) < 1.0  # about 8 standard errors; uniform mode gives 121
+
+
 def test_iou_threshold_none_keeps_the_first_candidates():
     geom1, geom2 = random_view_pairs(64, seed=2)
     pairs = sample_box_pairs(geom1, geom2, iou_threshold=None, generator=torch.Generator().manual_seed(0))
