@@ -95,12 +95,13 @@ def trunk_from_checkpoint(path: Path, arch: str, device: torch.device) -> Trunk:
     return trunk.to(device)
 
 
-def pretrain_argv(method: str, b: Budget, seed: int, out: Path, device: torch.device) -> list[str]:
+def pretrain_argv(method: str, b: Budget, seed: int, out: Path, device: torch.device, roi_pooling: str = "exact") -> list[str]:
     argv = [
         "--method", method, "--arch", b.arch, "--image-size", str(b.view), "--batch-size", str(b.batch),
         "--synthetic-images", str(b.steps_per_epoch * b.batch), "--epochs", str(b.steps // b.steps_per_epoch),
         "--preset", "200ep", "--workers", str(b.workers), "--seed", str(seed), "--output-dir", str(out),
-        "--amp", b.amp, "--log-every", str(min(50, b.probe_every)), "--device", device.type,
+        "--amp", b.amp, "--log-every", str(min(50, b.probe_every)), "--device", device.type, "--roi-pooling", roi_pooling,
+        "--min-box-size", "32",  # the paper's, on every budget and device
     ]
     return argv + (["--channels-last"] if b.channels_last else [])
 
@@ -117,10 +118,10 @@ def last_logged(out: Path, key: str) -> float | None:
 
 def pretrain_with_probe(
     pretrain: Any, method: str, b: Budget, seed: int, out: Path, device: torch.device, probe_data: SyntheticScenes,
-    run: dict, quiet: bool,
+    run: dict, quiet: bool, roi_pooling: str = "exact",
 ) -> dict[str, Any]:
     """Pretrain in chunks of ``probe_every`` steps, probing the online trunk after each."""
-    argv = pretrain_argv(method, b, seed, out, device)
+    argv = pretrain_argv(method, b, seed, out, device, roi_pooling)
     curve, train_seconds = [], 0.0
     for end in range(b.probe_every, b.steps + 1, b.probe_every):
         start = time.perf_counter()
@@ -191,7 +192,7 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    colours = {"scrl": "tab:blue", "byol": "tab:orange"}
+    colours = {"scrl": "tab:blue", "byol": "tab:orange", "scrl_aligned": "tab:green"}
     for method, seeds in curves.items():
         for i, curve in enumerate(seeds):
             x = [p["images_seen"] / 1000 for p in curve]
@@ -220,7 +221,7 @@ def table(result: dict[str, Any], sets: list[str]) -> str:
     for name in sets:
         header += [f"{name} linear", f"{name} k-NN", f"{name} retrieval"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in ("random", "byol", "scrl"):
+    for method in [m for m in ("random", "byol", "scrl", "scrl_aligned") if m in result]:
         row = result[method]
         cells = [method, result["budget"], str(row["steps"]), str(row["images_seen"]), f"{row.get('train_seconds', 0):.0f}"]
         for name in sets:
@@ -244,6 +245,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--coco128", default=str(DEFAULT_COCO128), help="COCO128 YOLO folder (skipped when absent)")
     p.add_argument("--output-dir", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--plot-dir", default=str(ROOT / "docs" / "figures"))
+    p.add_argument("--roi-pooling", choices=["exact", "aligned", "unaligned"], default="exact",
+                   help="where SCRL pools its boxes in pretraining: the trunk's cell centres (exact), or RoIAlign's "
+                        "aligned=True / aligned=False conventions")
+    p.add_argument("--also-aligned", action="store_true",
+                   help="add an SCRL row pretrained with aligned=True pooling (scrl_aligned), same seeds and data")
     p.add_argument("--verbose", action="store_true", help="show the pretraining script's own log lines")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
@@ -282,9 +288,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "batch_size": b.batch, "scene_size": scene_size, "device": str(device),
                               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "threads": torch.get_num_threads(), "pretrain_seeds": b.pretrain_seeds,
-                              "head_seeds": b.head_seeds}
+                              "head_seeds": b.head_seeds, "roi_pooling": args.roi_pooling}
     curves: dict[str, list[list[dict]]] = {}
-    per_method: dict[str, list[dict[str, Any]]] = {"random": [], "byol": [], "scrl": []}
+    # Each pretrained row: (method, the pretraining script's --roi-pooling).
+    rows = [("byol", "exact"), ("scrl", args.roi_pooling)] + ([("scrl_aligned", "aligned")] if args.also_aligned else [])
+    per_method: dict[str, list[dict[str, Any]]] = {"random": [], **{name: [] for name, _ in rows}}
     for seed in range(b.pretrain_seeds):
         # The initialisation both methods start from, as the pretraining script builds it.
         start_args = pretrain.parse_args(pretrain_argv("scrl", b, seed, Path(args.output_dir), device))
@@ -296,9 +304,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, data, size in eval_sets:
             scores.update(evaluate(random_trunk, name, data, size, b, run))
         per_method["random"].append(scores)
-        for method in ("byol", "scrl"):
+        for method, pooling in rows:
             out = Path(args.output_dir) / args.budget / f"{method}_seed{seed}"
-            trained = pretrain_with_probe(pretrain, method, b, seed, out, device, probe_data, run, not args.verbose)
+            trained = pretrain_with_probe(
+                pretrain, method.split("_")[0], b, seed, out, device, probe_data, run, not args.verbose, pooling
+            )
             curves.setdefault(method, []).append([start_probe] + trained["curve"])
             trunk = trunk_from_checkpoint(trained["checkpoint"], b.arch, device)
             scores = {k: trained[k] for k in ("train_seconds", "final_loss", "collapse_std")}

@@ -38,15 +38,21 @@ from scrl.momentum import cosine_tau
 from scrl.stop_signal import StopSignal
 from scrl.transforms import BatchPhotometric, normalize_uint8
 
-# The paper's hyper-parameters (SCRL, CVPR 2021, and its configs); the learning rate is per 256 images.
+# Hyper-parameters of the paper (SCRL, CVPR 2021: Sec. 4.1 and Table A5) and of the authors'
+# released 1000-epoch config; the learning rate is per 256 images.
 PRESETS = {
     "200ep": dict(epochs=200, base_lr=0.45, weight_decay=1.0e-6, tau_base=0.97),
-    "1000ep": dict(epochs=1000, base_lr=0.2, weight_decay=1.5e-6, tau_base=0.996),
+    "1000ep": dict(epochs=1000, base_lr=0.45, weight_decay=1.5e-6, tau_base=0.97),
+    "1000ep-released": dict(epochs=1000, base_lr=0.2, weight_decay=1.5e-6, tau_base=0.996),
 }
 # Defaults for values not given on the command line: the paper's setting with a GPU, and a
 # run that finishes in about a minute per epoch on a laptop CPU otherwise.
-GPU_DEFAULTS = dict(arch="resnet50", image_size=224, batch_size=256, amp="bf16", synthetic_images=16384)
-CPU_DEFAULTS = dict(arch="resnet18", image_size=64, batch_size=32, amp="off", synthetic_images=512, workers=2, epochs=10)
+# On the CPU, 64-px views have 2 x 2 C5 cells, and the overlap of two crops rarely spans a whole
+# 32-px cell in both views (a fifth of the box slots would be filled); half-cell boxes fill most.
+GPU_DEFAULTS = dict(arch="resnet50", image_size=224, batch_size=256, amp="bf16", synthetic_images=16384, min_box_size=32.0)
+CPU_DEFAULTS = dict(
+    arch="resnet18", image_size=64, batch_size=32, amp="off", synthetic_images=512, workers=2, epochs=10, min_box_size=16.0
+)
 CHECKPOINT = "checkpoint_last.pth"
 RANK_STREAMS = 0x52414E4B  # "RANK": the key that marks per-rank random streams
 
@@ -63,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--batch-size", type=int, default=None, help="images per process (default: 256 on GPU, 32 on CPU)")
     add("--image-size", type=int, default=None, help="view side in pixels (default: 224 on GPU, 64 on CPU)")
     add("--num-boxes", type=int, default=10, help="box pairs per image K (SCRL)")
+    add("--roi-pooling", choices=["exact", "aligned", "unaligned"], default="exact",
+        help="where SCRL pools each box: at the trunk's cell centres (exact), or as RoIAlign's aligned=True "
+             "(Detectron2) / aligned=False (the authors' code) assume")
+    add("--min-box-size", type=float, default=None,
+        help="smallest box side in view pixels (SCRL; default: 32, one C5 cell, on GPU; 16 on CPU)")
     add("--projector-hidden", type=int, default=4096, help="hidden width of projector and predictor")
     add("--projection-dim", type=int, default=256, help="output width of projector and predictor")
     add("--base-lr", type=float, default=None, help="learning rate per 256 images (lr = base * global batch / 256)")
@@ -87,11 +98,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--roi-probe-size", type=int, default=None, help="image side for the RoI probe (default: 2x --image-size)")
     add("--device", choices=["auto", "cuda", "cpu"], default="auto")
     args = p.parse_args(argv)
-    for name in ("epochs", "max_steps", "batch_size", "image_size", "num_boxes", "log_every", "synthetic_images",
-                 "roi_probe_every", "roi_probe_size"):
+    for name in ("epochs", "max_steps", "batch_size", "num_boxes", "projector_hidden", "projection_dim", "log_every",
+                 "synthetic_images", "roi_probe_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    # Checked here so that a bad flag is named, rather than the learning rate, warm-up steps or
+    # image sizes derived from it later. 32 px is one stride-32 C5 cell and the smallest box side.
+    for name, ok, allowed in (
+        ("base_lr", lambda v: v > 0, "> 0"),
+        ("weight_decay", lambda v: v >= 0, ">= 0"),
+        ("tau_base", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+        ("image_size", lambda v: v >= 32, ">= 32"),
+        ("min_box_size", lambda v: v > 0, "> 0"),
+        ("roi_probe_size", lambda v: v >= 32, ">= 32"),
+    ):
+        value = getattr(args, name)
+        if value is not None and not ok(value):  # "not ok" also rejects nan
+            p.error(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+    if args.min_box_size is not None and args.image_size is not None and args.min_box_size > args.image_size:
+        p.error(f"--min-box-size must be at most --image-size ({args.image_size}), got {args.min_box_size}")
     if args.resume not in ("auto", "none") and not os.path.isfile(args.resume):
         p.error(f"--resume {args.resume!r}: no such checkpoint file (use auto, none or a path)")
     for name in ("save_every", "workers"):
@@ -134,7 +161,8 @@ def build_dataset(args: argparse.Namespace) -> torch.utils.data.Dataset:
 def build_model(args: argparse.Namespace) -> nn.Module:
     heads = dict(projector_hidden=args.projector_hidden, projection_dim=args.projection_dim, tau_base=args.tau_base)
     if args.method == "scrl":
-        return scrl.SCRL(args.arch, num_boxes=args.num_boxes, **heads)
+        aligned = {"exact": None, "aligned": True, "unaligned": False}[args.roi_pooling]
+        return scrl.SCRL(args.arch, num_boxes=args.num_boxes, min_size=args.min_box_size, roi_aligned=aligned, **heads)
     return scrl.BYOL(args.arch, **heads)
 
 

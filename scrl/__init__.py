@@ -7,7 +7,7 @@ from .losses import byol_loss, scrl_loss
 from .mlp_head import MLPHead
 from .models import BYOL, SCRL
 from .momentum import MomentumTarget, cosine_tau
-from .roi_pool import RoIPairPool, roi_pair_pool
+from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
 from .schedule import warmup_cosine
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk
@@ -22,6 +22,7 @@ __all__ = [
     "lars_param_groups",
     "MLPHead",
     "MomentumTarget",
+    "pool_boxes",
     "resnet_trunk",
     "roi_pair_pool",
     "RoIPairPool",

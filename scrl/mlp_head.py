@@ -63,7 +63,8 @@ class MLPHead(nn.Module):
     Args:
         in_dim: input features, >= 1.
         hidden_dim: hidden features, >= 1 (paper: 4096).
-        out_dim: output features, >= 1 (paper: 256). No BatchNorm on the output.
+        out_dim: output features, >= 1 (paper: 256). No BatchNorm and no bias on the output, as
+            in BYOL's heads and the authors' ``TwoLayerLinearHead``.
 
     Attributes:
         fc1, bn, fc2: the layers. ``bn`` is a plain ``nn.BatchNorm1d`` (``SyncBatchNorm``
@@ -86,7 +87,7 @@ class MLPHead(nn.Module):
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.bn = nn.BatchNorm1d(hidden_dim)
         self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim, bias=False)
 
     @classmethod
     def projector(cls, in_dim: int = 2048, hidden_dim: int = 4096, out_dim: int = 256) -> "MLPHead":

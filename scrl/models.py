@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .box_sampler import BoxPairSampler, SamplingMode
+from .box_sampler import DEFAULT_CANDIDATES_PER_BOX, BoxPairSampler, SamplingMode
 from .geometry import ViewGeometry
 from .losses import byol_loss, scrl_loss
 from .mlp_head import MLPHead
@@ -181,12 +181,17 @@ class SCRL(_TwoViewModel):
         iou_threshold: greedy IoU rejection threshold (paper: 0.5); ``None`` disables it.
         box_jitter: jitter ratio of the view-2 boxes (paper ablation; 0 = off).
         box_mode: ``"uniform"`` (paper Eq. 1) or ``"grid"`` (authors' configs).
+        candidates_per_box: box candidates drawn per requested box before IoU rejection (see
+            :class:`~scrl.BoxPairSampler`).
         projector_hidden: hidden width of projector and predictor (paper: 4096).
         projection_dim: output width of projector and predictor (paper: 256).
         predictor_hidden: hidden width of the predictor if different from ``projector_hidden``.
-        tau_base: target weight at step 0 of the cosine schedule (0.97 for 200 epochs, 0.996
-            for 1000).
-        roi_aligned: RoIAlign ``aligned`` flag (``False`` reproduces the authors' offset).
+        tau_base: target weight at step 0 of the cosine schedule (the paper: 0.97 for 200 and
+            for 1000 epochs; the authors' released 1000-epoch config: 0.996).
+        roi_aligned: ``None`` (default) pools each box where the trunk's cells are centred
+            (``trunk.cell_offset``); ``True`` / ``False`` use RoIAlign's own conventions as
+            Detectron2 / the authors' code do (on a torchvision ResNet 15.5 px up-left / 0.5 px
+            down-right of the box centre; see :class:`~scrl.RoIPairPool`).
         roi_output_size: RoIAlign output side (paper: 1); the projector sees
             ``channels * roi_output_size**2`` features.
 
@@ -211,18 +216,21 @@ class SCRL(_TwoViewModel):
         iou_threshold: float | None = 0.5,
         box_jitter: float = 0.0,
         box_mode: SamplingMode = "uniform",
+        candidates_per_box: int = DEFAULT_CANDIDATES_PER_BOX,
         projector_hidden: int = 4096,
         projection_dim: int = 256,
         predictor_hidden: int | None = None,
-        tau_base: float = 0.996,
-        roi_aligned: bool = True,
+        tau_base: float = 0.97,
+        roi_aligned: bool | None = None,
         roi_output_size: int = 1,
     ) -> None:
         if not isinstance(roi_output_size, int) or roi_output_size < 1:
             raise ValueError(f"roi_output_size must be an integer >= 1, got {roi_output_size!r}")
         super().__init__(trunk, roi_output_size**2, projector_hidden, projection_dim, predictor_hidden, tau_base)
-        self.sampler = BoxPairSampler(num_boxes, min_size, iou_threshold, box_jitter, box_mode)
-        self.roi_pool = RoIPairPool(self.trunk.stride, roi_output_size, aligned=roi_aligned)
+        self.sampler = BoxPairSampler(num_boxes, min_size, iou_threshold, box_jitter, box_mode, candidates_per_box)
+        self.roi_pool = RoIPairPool(
+            self.trunk.stride, roi_output_size, aligned=roi_aligned, cell_offset=self.trunk.cell_offset
+        )
 
     def _pool(
         self,

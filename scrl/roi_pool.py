@@ -1,6 +1,18 @@
-"""Pooling matched box pairs from the feature maps of two views with RoIAlign (SCRL paper, Sec. 3.2)."""
+"""RoIAlign of boxes where the trunk's cells really look, and of matched box pairs (SCRL paper, Sec. 3.2).
+
+``torchvision.ops.roi_align`` assumes where each feature cell is centred: ``aligned=False`` at
+``i * stride`` input pixels, ``aligned=True`` at ``(i + 0.5) * stride``. A trunk's cells sit
+where its layers put them, ``stride * i + cell_offset`` (:mod:`scrl.cell_centre`); a torchvision
+ResNet's C5 cells are centred at ``32i + 0.5``, so ``aligned=True`` pools every box 15.5 px up
+and to the left of where it is, and ``aligned=False`` 0.5 px down and to the right.
+:func:`pool_boxes` samples each box at the trunk's real cell centres by default; the two
+conventions stay available as ``aligned=True`` (Detectron2's RoIAlignV2) and ``aligned=False``
+(RoIAlign v1, the authors' code).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -8,26 +20,77 @@ from torchvision.ops import roi_align
 
 from .box_sampler import BoxPairs
 
-__all__ = ["RoIPairPool", "roi_pair_pool"]
+__all__ = ["RoIPairPool", "pool_boxes", "roi_pair_pool"]
 
 
-def _check_args(output_size: int, spatial_scale: float, sampling_ratio: int) -> None:
+def _check_args(output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool | None, cell_offset: float) -> None:
     if not isinstance(output_size, int) or output_size < 1:
         raise ValueError(f"output_size must be an integer >= 1, got {output_size!r}")
     if not spatial_scale > 0:
         raise ValueError(f"spatial_scale must be > 0 (feature cells per input pixel, 1/stride), got {spatial_scale!r}")
     if not isinstance(sampling_ratio, int) or sampling_ratio < -1 or sampling_ratio == 0:
         raise ValueError(f"sampling_ratio must be -1 (adaptive) or an integer >= 1, got {sampling_ratio!r}")
+    if aligned not in (None, True, False):
+        raise ValueError(f"aligned must be None (the cells' real centres), True or False, got {aligned!r}")
+    if not isinstance(cell_offset, (int, float)) or not math.isfinite(cell_offset):
+        raise ValueError(f"cell_offset must be a finite number of input pixels, got {cell_offset!r}")
 
 
-def _pool(feature_map: Tensor, boxes: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
-    """RoIAlign of ``boxes`` ``[N, K, 4]`` on ``feature_map`` ``[N, C, h, w]`` -> ``[N*K, C*output_size**2]``."""
-    n, k = boxes.shape[:2]
-    # RoIAlign runs in (at least) float32: bf16 box coordinates would be off by up to a pixel.
+def pool_boxes(
+    feature_map: Tensor,
+    boxes: Tensor | list[Tensor],
+    *,
+    spatial_scale: float = 1 / 32,
+    output_size: int = 1,
+    sampling_ratio: int = -1,
+    aligned: bool | None = None,
+    cell_offset: float = 0.5,
+) -> Tensor:
+    """RoIAlign of per-image boxes, sampled where the map's cells look; one row per box.
+
+    Args:
+        feature_map: float ``[N, C, h, w]`` (any memory format); cell ``i`` is centred at
+            ``i / spatial_scale + cell_offset`` input pixels.
+        boxes: ``(x0, y0, x1, y1)`` in input pixels (pixel-edge coordinates), either one float
+            tensor ``[N, K, 4]`` or a list of ``N`` tensors ``[M_n, 4]``.
+        spatial_scale: feature cells per input pixel, ``1 / stride`` (1/32 on C5).
+        output_size: RoIAlign bins per side (paper: 1, the box's mean feature); bins are
+            flattened channel-major.
+        sampling_ratio: sample points per bin side; ``-1`` adapts to the box size (paper).
+        aligned: ``None`` (default) samples at the real cell centres given by ``cell_offset``;
+            ``True`` / ``False`` call ``roi_align`` with that flag as is, i.e. assume cells at
+            ``(i + 0.5) * stride`` (Detectron2) or at ``i * stride`` (the authors' code), and
+            ignore ``cell_offset``.
+        cell_offset: where cell 0 is centred, in input pixels (0.5 for torchvision ResNets, at
+            every stage; ``stride / 2`` for non-overlapping patch stems).
+
+    Returns:
+        ``[N*K, C*output_size**2]`` (or ``[sum M_n, ...]``) in ``feature_map``'s dtype; RoIAlign
+        itself runs in at least float32. With adaptive sampling (``sampling_ratio=-1``) and
+        ``aligned`` ``None`` or ``True``, an all-zero box (an invalid slot) pools to zeros.
+
+    Example:
+        >>> rows = pool_boxes(c5, [torch.tensor([[16.0, 16.0, 80.0, 112.0]])], spatial_scale=1 / 32)
+    """
+    _check_args(output_size, spatial_scale, sampling_ratio, aligned, cell_offset)
+    # bf16 box coordinates would be off by up to a pixel.
     dtype = torch.promote_types(feature_map.dtype, torch.float32)
-    image_index = torch.arange(n, device=boxes.device, dtype=dtype).repeat_interleave(k)
-    rois = torch.cat([image_index[:, None], boxes.reshape(n * k, 4).to(dtype)], dim=1)
-    pooled = roi_align(feature_map.to(dtype), rois, output_size, spatial_scale, sampling_ratio, aligned)
+    if isinstance(boxes, Tensor):
+        n, k = boxes.shape[:2]
+        flat = boxes.reshape(n * k, 4).to(dtype)
+        image_index = torch.arange(n, device=boxes.device, dtype=dtype).repeat_interleave(k)
+    else:
+        flat = torch.cat([b.reshape(-1, 4) for b in boxes]).to(feature_map.device, dtype)
+        counts = torch.tensor([b.reshape(-1, 4).shape[0] for b in boxes], device=flat.device)
+        image_index = torch.arange(len(boxes), device=flat.device, dtype=dtype).repeat_interleave(counts)
+    if aligned is None:
+        # roi_align(aligned=True) maps pixel x to cell coordinate x * scale - 0.5; shifting the
+        # box first makes that (x - cell_offset) * scale, the trunk's own cell coordinate. A box
+        # of any width stays as wide (aligned=False would widen boxes narrower than one cell), and
+        # an all-zero box stays empty, so it still pools to zeros.
+        flat = flat + (0.5 / spatial_scale - cell_offset)
+    rois = torch.cat([image_index[:, None], flat], dim=1)
+    pooled = roi_align(feature_map.to(dtype), rois, output_size, spatial_scale, sampling_ratio, aligned is not False)
     return pooled.flatten(1).to(feature_map.dtype)
 
 
@@ -38,14 +101,15 @@ def roi_pair_pool(
     output_size: int = 1,
     spatial_scale: float = 1 / 32,
     sampling_ratio: int = -1,
-    aligned: bool = True,
+    aligned: bool | None = None,
+    cell_offset: float = 0.5,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pool every box pair from the two views' feature maps, as matched rows.
 
     Row ``n*K + k`` of ``p1`` is box ``k`` of image ``n`` pooled on ``map1`` at ``pairs.boxes1``;
     the same row of ``p2`` is the same source region pooled on ``map2`` at ``pairs.boxes2``.
-    Shapes are static: invalid pairs give rows too (all-zero boxes pool to zero vectors) and are
-    marked in ``valid``. One image, one box and zero valid boxes all keep these shapes.
+    Shapes are static: invalid pairs give rows too (all-zero boxes, which pool to zero vectors
+    with the default adaptive sampling) and are marked in ``valid``. One image, one box and zero valid boxes all keep these shapes.
 
     Args:
         map1: float ``[N, C, h1, w1]``, feature map of view 1 (any memory format).
@@ -54,8 +118,9 @@ def roi_pair_pool(
         output_size: RoIAlign output side, >= 1 (paper: 1).
         spatial_scale: feature cells per view pixel, ``1 / stride`` (paper: 1/32 on C5).
         sampling_ratio: sample points per bin side; ``-1`` adapts to the box size (paper).
-        aligned: shift box corners by -0.5 cell so that pixel-edge boxes sample their true
-            centres; ``False`` reproduces the authors' half-stride offset.
+        aligned: ``None`` samples at the real cell centres (``cell_offset``); ``True`` /
+            ``False`` reproduce Detectron2's / the authors' convention (see :func:`pool_boxes`).
+        cell_offset: where cell 0 of both maps is centred, in view pixels (torchvision ResNets: 0.5).
 
     Returns:
         ``(p1, p2, valid)``: ``p1``, ``p2`` ``[N*K, C*output_size**2]`` in the maps' dtype
@@ -64,7 +129,6 @@ def roi_pair_pool(
     Example:
         >>> p1, p2, valid = roi_pair_pool(map1, map2, sampler(geom1, geom2))
     """
-    _check_args(output_size, spatial_scale, sampling_ratio)
     if map1.dim() != 4 or map2.dim() != 4 or map1.shape[:2] != map2.shape[:2]:
         raise ValueError(f"map1 and map2 must be [N, C, h, w] with equal N and C, got {list(map1.shape)} and {list(map2.shape)}")
     n, k = pairs.valid.shape
@@ -73,8 +137,12 @@ def roi_pair_pool(
             f"pairs must hold [N, K, 4] boxes and [N, K] valid with N = {map1.shape[0]} images, got boxes1 "
             f"{list(pairs.boxes1.shape)}, boxes2 {list(pairs.boxes2.shape)}, valid {list(pairs.valid.shape)}"
         )
-    p1 = _pool(map1, pairs.boxes1, output_size, spatial_scale, sampling_ratio, aligned)
-    p2 = _pool(map2, pairs.boxes2, output_size, spatial_scale, sampling_ratio, aligned)
+    settings = dict(
+        spatial_scale=spatial_scale, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned,
+        cell_offset=cell_offset,
+    )
+    p1 = pool_boxes(map1, pairs.boxes1, **settings)
+    p2 = pool_boxes(map2, pairs.boxes2, **settings)
     return p1, p2, pairs.valid.reshape(n * k)
 
 
@@ -85,28 +153,36 @@ class RoIPairPool(nn.Module):
         stride: input pixels per feature cell of the maps (32 for C5); sets ``spatial_scale``.
         output_size: RoIAlign output side (paper: 1).
         sampling_ratio: ``-1`` (adaptive, paper) or sample points per bin side.
-        aligned: ``True`` (default) samples box centres exactly; ``False`` as the authors' code.
+        aligned: ``None`` (default) samples every box at the cells' real centres, given by
+            ``cell_offset``. ``True`` is Detectron2's convention (cells at ``(i + 0.5) * stride``;
+            measured on a torchvision ResNet's C5: 15.5 px up-left of the box centre); ``False``
+            the authors' (cells at ``i * stride``; 0.5 px down-right).
+        cell_offset: cell ``i`` is centred at ``stride * i + cell_offset`` view pixels; 0.5 for
+            torchvision ResNets (``Trunk.cell_offset`` in general).
 
     Example:
-        >>> pool = RoIPairPool(stride=32)
+        >>> pool = RoIPairPool(stride=32, cell_offset=trunk.cell_offset)
         >>> p1, p2, valid = pool(map1, map2, pairs)  # [N*K, C], [N*K, C], [N*K]
     """
 
-    def __init__(self, stride: int = 32, output_size: int = 1, sampling_ratio: int = -1, aligned: bool = True) -> None:
+    def __init__(
+        self, stride: int = 32, output_size: int = 1, sampling_ratio: int = -1, aligned: bool | None = None, cell_offset: float = 0.5
+    ) -> None:
         super().__init__()
         if not stride > 0:
             raise ValueError(f"stride must be > 0 (input pixels per feature cell), got {stride!r}")
-        _check_args(output_size, 1 / stride, sampling_ratio)
+        _check_args(output_size, 1 / stride, sampling_ratio, aligned, cell_offset)
         self.stride = stride
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.cell_offset = float(cell_offset)
 
     def forward(self, map1: Tensor, map2: Tensor, pairs: BoxPairs) -> tuple[Tensor, Tensor, Tensor]:
-        return roi_pair_pool(map1, map2, pairs, self.output_size, 1 / self.stride, self.sampling_ratio, self.aligned)
+        return roi_pair_pool(
+            map1, map2, pairs, self.output_size, 1 / self.stride, self.sampling_ratio, self.aligned, self.cell_offset
+        )
 
     def extra_repr(self) -> str:
-        return (
-            f"stride={self.stride}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, "
-            f"aligned={self.aligned}"
-        )
+        rule = f"cell_offset={self.cell_offset}" if self.aligned is None else f"aligned={self.aligned}"
+        return f"stride={self.stride}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, {rule}"

@@ -11,6 +11,10 @@ def test_presets_have_the_paper_shapes():
     projector, predictor = MLPHead.projector(2048), MLPHead.predictor()
     assert (projector.fc1.in_features, projector.fc1.out_features, projector.fc2.out_features) == (2048, 4096, 256)
     assert (predictor.fc1.in_features, predictor.fc1.out_features, predictor.fc2.out_features) == (256, 4096, 256)
+    # BYOL's and the authors' heads: the hidden layer has a bias (BatchNorm follows), the output none.
+    for head in (projector, predictor):
+        assert head.fc1.bias is not None and head.fc2.bias is None
+        assert [name for name, _ in head.named_parameters()] == ["fc1.weight", "fc1.bias", "bn.weight", "bn.bias", "fc2.weight"]
     assert isinstance(projector.bn, nn.BatchNorm1d) and projector.bn.num_features == 4096
     assert [type(m) for m in projector.children()] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
 

@@ -146,8 +146,13 @@ def test_channels_last_and_bf16_autocast(cls):
 
 def test_custom_trunk_and_larger_roi_output():
     body = nn.Sequential(nn.Conv2d(3, 16, 8, stride=8), nn.BatchNorm2d(16), nn.ReLU())
-    model = SCRL(Trunk(body, stride=8, channels=16), min_size=8, roi_output_size=2, **SMALL)
+    model = SCRL(Trunk(body, stride=8, channels=16), min_size=8, roi_output_size=2, candidates_per_box=7, **SMALL)
     assert model.projector.fc1.in_features == 16 * 4
+    # The pool samples where this trunk's cells are (non-overlapping patches: mid-patch), and the
+    # sampler's settings are reachable from SCRL.
+    assert model.trunk.cell_offset == model.roi_pool.cell_offset == 4.0 and model.roi_pool.aligned is None
+    assert model.sampler.candidates_per_box == 7
+    assert SCRL(Trunk(body, stride=8, channels=16), roi_aligned=True, **SMALL).roi_pool.aligned is True
     loss, logs = model(*view_batch(2))
     loss.backward()
     assert logs["valid_share"] > 0 and body[0].weight.grad is not None

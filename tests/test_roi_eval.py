@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -12,7 +13,6 @@ from scrl.eval import (
     cross_view_retrieval,
     extract_roi_features,
     knn_predict,
-    pool_boxes,
     roi_linear_eval,
     roi_probe,
     split_by_image,
@@ -43,7 +43,7 @@ def test_informative_trunk_beats_constant_features_on_synthetic_scenes() -> None
     scenes = SyntheticScenes(128, image_size=64, seed=2)
     kwargs = dict(image_size=64, epochs=30, seeds=(0, 1))
     informative = roi_linear_eval(texture_trunk(), scenes, **kwargs)
-    constant = roi_linear_eval(Trunk(ConstantMap(), stride=8, channels=8), scenes, **kwargs)
+    constant = roi_linear_eval(Trunk(ConstantMap(), stride=8, channels=8, cell_offset=4.0), scenes, **kwargs)
     assert informative.test_boxes == constant.test_boxes > 150
     assert informative.train_images + informative.test_images == 128
     # Constant features carry nothing: the head can only learn the majority class.
@@ -65,17 +65,31 @@ def test_split_is_by_image_and_features_follow_it() -> None:
     assert torch.equal(features.labels, expected) and features.features.shape == (len(expected), 64)
 
 
-def test_pool_boxes_averages_the_box_exactly() -> None:
-    stride = 8
-    # Channel 0 holds each cell's x index, channel 1 its y index: with aligned RoIAlign the
-    # pooled value is the box centre in cell units, minus half a cell.
-    h, w = 6, 10
-    fmap = torch.stack([torch.arange(w).float().expand(h, w), torch.arange(h).float()[:, None].expand(h, w)])[None]
-    boxes = torch.tensor([[8.0, 8.0, 40.0, 24.0], [20.0, 12.0, 52.0, 36.0]])
-    pooled = pool_boxes(fmap, [boxes], stride)
-    centre = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], dim=1)
-    torch.testing.assert_close(pooled, centre / stride - 0.5)
-    assert pool_boxes(fmap, [boxes], stride, output_size=2).shape == (2, 8)
+class CellCentres(nn.Module):
+    """A stride-8 'trunk' whose two channels hold each cell's centre (x, y) in input pixels."""
+
+    def __init__(self, cell_offset: float) -> None:
+        super().__init__()
+        self.cell_offset = cell_offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2] // 8, x.shape[3] // 8
+        ys, xs = torch.meshgrid(torch.arange(h) * 8.0 + self.cell_offset, torch.arange(w) * 8.0 + self.cell_offset, indexing="ij")
+        return torch.stack([xs, ys]).expand(x.shape[0], -1, -1, -1)
+
+
+@pytest.mark.parametrize("cell_offset", [0.5, 4.0])
+def test_box_features_are_pooled_at_the_trunks_cell_centres(cell_offset) -> None:
+    class OneBox(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            return Image.new("RGB", (64, 64)), torch.tensor([[10.0 + i, 12.0, 30.0, 44.0 - i]]), torch.tensor([0])
+
+    trunk = Trunk(CellCentres(cell_offset), stride=8, channels=2, cell_offset=cell_offset)
+    features = extract_roi_features(trunk, OneBox(), image_size=64)
+    torch.testing.assert_close(features.features, torch.tensor([[20.0, 28.0], [20.5, 27.5]]))
 
 
 def test_batchnorm_adapted_on_evaluation_images_and_original_untouched() -> None:
@@ -131,7 +145,7 @@ def test_cross_view_retrieval_informative_vs_constant() -> None:
     scenes = SyntheticScenes(16, image_size=64, seed=1)
     kwargs = dict(view_size=48, min_size=12.0, num_boxes=4, batch_size=8, photometric=False, seed=0)
     informative = cross_view_retrieval(texture_trunk(), scenes, **kwargs)
-    constant = cross_view_retrieval(Trunk(ConstantMap(), stride=8, channels=8), scenes, **kwargs)
+    constant = cross_view_retrieval(Trunk(ConstantMap(), stride=8, channels=8, cell_offset=4.0), scenes, **kwargs)
     assert informative.queries == constant.queries > 20
     assert informative.top1 > 2 * informative.chance and informative.top1 > constant.top1
     assert informative == cross_view_retrieval(texture_trunk(), scenes, **kwargs)  # seeded

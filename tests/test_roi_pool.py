@@ -2,14 +2,18 @@ import pytest
 import torch
 
 from scrl import BoxPairs, RoIPairPool, roi_pair_pool
+from scrl.roi_pool import pool_boxes
 
 STRIDE = 32
 
 
-def coordinate_map(n: int, h: int, w: int) -> torch.Tensor:
-    """[n, 3, h, w]: channel 0 = x, channel 1 = y of each cell centre in input pixels, channel 2 = image index."""
-    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    one = torch.stack([xs * STRIDE, ys * STRIDE, torch.zeros(h, w)])
+def coordinate_map(n: int, h: int, w: int, cell_offset: float = 0.5) -> torch.Tensor:
+    """[n, 3, h, w]: channel 0 = x, channel 1 = y of each cell centre in input pixels, channel 2 = image index.
+
+    Cell i is centred at ``STRIDE * i + cell_offset``, as in a trunk with that cell offset.
+    """
+    ys, xs = torch.meshgrid(torch.arange(h) * STRIDE + cell_offset, torch.arange(w) * STRIDE + cell_offset, indexing="ij")
+    one = torch.stack([xs, ys, torch.zeros(h, w)])
     maps = one.expand(n, -1, -1, -1).clone()
     maps[:, 2] = torch.arange(n, dtype=torch.float32)[:, None, None]
     return maps
@@ -19,40 +23,59 @@ def centres(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., :2] + boxes[..., 2:]) / 2
 
 
-def test_aligned_pooling_reads_the_box_centre_and_matches_rows_by_index():
-    # Boxes keep every sample point at least half a cell inside the map, where bilinear
-    # interpolation of the coordinate map is exact.
-    boxes1 = torch.tensor([[[16.0, 16.0, 80.0, 48.0], [40.0, 30.0, 112.0, 100.0]], [[20.0, 60.0, 60.0, 110.0], [0.0, 0.0, 0.0, 0.0]]])
-    boxes2 = boxes1.flip(0)
+# Boxes keep every sample point inside the span of cell centres, where bilinear interpolation of
+# the coordinate map is exact.
+BOXES1 = torch.tensor([[[36.0, 36.0, 80.0, 68.0], [40.0, 40.0, 92.0, 90.0]], [[40.0, 60.0, 70.0, 96.0], [0.0, 0.0, 0.0, 0.0]]])
+
+
+@pytest.mark.parametrize("cell_offset", [0.5, 16.0, 0.0, 7.25])
+def test_pooling_reads_the_box_centre_at_the_cells_real_centres_and_matches_rows(cell_offset):
+    boxes2 = BOXES1.flip(0)
     valid = torch.tensor([[True, True], [True, False]])
-    map1, map2 = coordinate_map(2, 4, 4), coordinate_map(2, 4, 4)
-    p1, p2, v = roi_pair_pool(map1, map2, BoxPairs(boxes1, boxes2, valid))
+    map1, map2 = coordinate_map(2, 4, 4, cell_offset), coordinate_map(2, 4, 4, cell_offset)
+    p1, p2, v = roi_pair_pool(map1, map2, BoxPairs(BOXES1, boxes2, valid), cell_offset=cell_offset)
     assert p1.shape == p2.shape == (4, 3) and v.tolist() == [True, True, True, False]
-    torch.testing.assert_close(p1[v, :2], centres(boxes1).reshape(4, 2)[v])
+    torch.testing.assert_close(p1[v, :2], centres(BOXES1).reshape(4, 2)[v])
     torch.testing.assert_close(p2[:, :2], centres(boxes2).reshape(4, 2))
     assert p1[:, 2].tolist() == [0.0, 0.0, 1.0, 0.0]  # row n*K + k comes from image n
     assert p1[3].abs().sum() == 0  # the invalid all-zero box pools to zeros
 
 
-def test_unaligned_pooling_is_half_a_stride_off():
-    boxes = torch.tensor([[[40.0, 30.0, 112.0, 100.0]]])
+@pytest.mark.parametrize("aligned, error", [(True, -15.5), (False, 0.5)])
+def test_the_two_roi_align_conventions_miss_a_resnets_cells_by_their_measured_offsets(aligned, error):
+    # On a torchvision ResNet's C5 (cells at 32i + 0.5), Detectron2's aligned=True looks 15.5 px
+    # up-left of every box, the authors' aligned=False 0.5 px down-right.
+    boxes = torch.tensor([[[60.0, 50.0, 112.0, 100.0]]])
     pairs = BoxPairs(boxes, boxes, torch.ones(1, 1, dtype=torch.bool))
+    maps = coordinate_map(1, 5, 5, cell_offset=0.5)
+    p1, _, _ = roi_pair_pool(maps, maps, pairs, aligned=aligned)
+    torch.testing.assert_close(p1[0, :2], centres(boxes)[0, 0] + error)
+    exact, _, _ = roi_pair_pool(maps, maps, pairs)
+    torch.testing.assert_close(exact[0, :2], centres(boxes)[0, 0])
+
+
+def test_small_boxes_are_not_widened():
+    # A box narrower than one cell keeps its centre (roi_align's aligned=False would stretch it
+    # to a whole cell from its left edge).
+    boxes = torch.tensor([[[70.0, 64.0, 78.0, 70.0]]])
     maps = coordinate_map(1, 5, 5)
-    p1, _, _ = roi_pair_pool(maps, maps, pairs, aligned=False)
-    torch.testing.assert_close(p1[0, :2], centres(boxes)[0, 0] + STRIDE / 2)
+    rows = pool_boxes(maps, boxes, spatial_scale=1 / STRIDE)
+    torch.testing.assert_close(rows[0, :2], centres(boxes)[0, 0])
+    listed = pool_boxes(maps, [boxes[0]], spatial_scale=1 / STRIDE)
+    torch.testing.assert_close(listed, rows)
 
 
-def test_flipped_view_pools_the_same_features_only_when_aligned():
-    torch.manual_seed(0)
-    map1 = torch.randn(1, 8, 4, 4)
-    map2 = map1.flip(-1)  # view 2 is view 1 mirrored: x -> 128 - x
-    boxes1 = torch.tensor([[[8.0, 20.0, 50.0, 70.0], [33.0, 5.0, 121.0, 97.0]]])
-    boxes2 = torch.stack([128 - boxes1[..., 2], boxes1[..., 1], 128 - boxes1[..., 0], boxes1[..., 3]], dim=-1)
-    pairs = BoxPairs(boxes1, boxes2, torch.ones(1, 2, dtype=torch.bool))
-    p1, p2, _ = RoIPairPool(STRIDE)(map1, map2, pairs)
-    torch.testing.assert_close(p1, p2)
-    q1, q2, _ = RoIPairPool(STRIDE, aligned=False)(map1, map2, pairs)
-    assert (q1 - q2).abs().max() > 0.1
+@pytest.mark.parametrize("aligned, apart", [(None, 0.0), (True, 31.0), (False, 1.0)])
+def test_a_flipped_view_pair_pools_the_same_source_point_only_at_the_real_cell_centres(aligned, apart):
+    # Maps that hold each cell's source x: view 1 is the source itself, view 2 its mirror image
+    # (x -> 160 - x), both on a trunk whose cells sit at 32i + 0.5 in their own view.
+    view1 = coordinate_map(1, 5, 5)
+    view2 = view1.clone()
+    view2[:, 0] = 160 - view1[:, 0]
+    boxes1 = torch.tensor([[[40.0, 40.0, 90.0, 100.0], [70.0, 36.0, 110.0, 70.0]]])
+    boxes2 = torch.stack([160 - boxes1[..., 2], boxes1[..., 1], 160 - boxes1[..., 0], boxes1[..., 3]], dim=-1)
+    p1, p2, _ = RoIPairPool(STRIDE, aligned=aligned)(view1, view2, BoxPairs(boxes1, boxes2, torch.ones(1, 2, dtype=torch.bool)))
+    torch.testing.assert_close((p1[:, 0] - p2[:, 0]).abs(), torch.full((2,), apart))
 
 
 def test_static_shapes_for_one_box_one_image_and_no_valid_box():
@@ -93,7 +116,15 @@ def test_argument_checks_and_repr():
         roi_pair_pool(maps, maps, pairs)
     with pytest.raises(ValueError, match="map1 and map2"):
         roi_pair_pool(maps, torch.randn(2, 5, 2, 2), pairs)
-    for kwargs, name in [(dict(output_size=0), "output_size"), (dict(sampling_ratio=0), "sampling_ratio"), (dict(stride=0), "stride")]:
+    bad = [
+        (dict(output_size=0), "output_size"),
+        (dict(sampling_ratio=0), "sampling_ratio"),
+        (dict(stride=0), "stride"),
+        (dict(aligned="yes"), "aligned"),
+        (dict(cell_offset=float("nan")), "cell_offset"),
+    ]
+    for kwargs, name in bad:
         with pytest.raises(ValueError, match=name):
             RoIPairPool(**kwargs)
     assert repr(RoIPairPool(16, aligned=False)) == "RoIPairPool(stride=16, output_size=1, sampling_ratio=-1, aligned=False)"
+    assert repr(RoIPairPool(16, cell_offset=8)) == "RoIPairPool(stride=16, output_size=1, sampling_ratio=-1, cell_offset=8.0)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import pickle
 
@@ -65,6 +66,20 @@ def test_crop_params_cover_the_scale_and_ratio_ranges():
     log_ratio = torch.log(w / h)
     assert log_ratio.min() < math.log(0.8) and log_ratio.max() > math.log(1.25)
     assert abs(log_ratio.mean()) < 0.03  # log-uniform around 1
+
+
+def test_default_crop_scale_is_scrls_not_byols():
+    assert inspect.signature(random_resized_crop_params).parameters["scale"].default == (0.2, 1.0)
+    assert RandomResizedCrop(8).scale == (0.2, 1.0)
+    # On a 1000 x 1000 image rounding the sides to whole pixels moves the area fraction by < 0.001.
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([random_resized_crop_params(1000, 1000, generator=generator) for _ in range(2000)])
+    fraction = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 1e6
+    assert 0.2 - 1e-3 <= fraction.min() < 0.22
+    img = Image.new("RGB", (1000, 1000))
+    crops = torch.stack([RandomResizedCrop(8)(img, generator=generator)[1].crop for _ in range(500)])
+    fraction = (crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]) / 1e6
+    assert 0.2 - 1e-3 <= fraction.min() < 0.25
 
 
 def test_crop_falls_back_to_a_ratio_clamped_centre_crop():
@@ -323,6 +338,20 @@ def test_sixteen_bit_images_are_rescaled_not_clipped():
         img = Image.frombytes(mode, (4, 1), values.astype(">u2" if mode.endswith("B") else "<u2").tobytes())
         grey = [to_rgb(img).getpixel((i, 0))[0] for i in range(4)]
         assert grey == [0, 0, 128, 255] and to_rgb(img).mode == "RGB"
+
+
+def test_sixteen_bit_values_in_a_32_bit_image_are_rescaled_not_clipped():
+    # How Pillow 9.x opens a 16-bit grayscale PNG.
+    img = Image.new("I", (4, 1))
+    img.putdata([0, 255, 32768, 65535])
+    assert [to_rgb(img).getpixel((i, 0)) for i in range(4)] == [(0, 0, 0), (0, 0, 0), (128,) * 3, (255,) * 3]
+    assert to_rgb(img).mode == "RGB" and to_rgb(img).size == (4, 1)
+
+
+def test_an_8_bit_image_stored_as_32_bit_keeps_its_values():
+    img = Image.new("I", (4, 1))
+    img.putdata([0, 1, 128, 255])
+    assert [to_rgb(img).getpixel((i, 0)) for i in range(4)] == [(0, 0, 0), (1, 1, 1), (128,) * 3, (255,) * 3]
 
 
 @pytest.mark.parametrize("size", [(0, 7), (7, 0), (0, 0)])

@@ -5,7 +5,7 @@ from .knn import knn_predict
 from .linear_head import top1_accuracy, train_linear_head
 from .retrieval import RetrievalResult, cross_view_retrieval
 from .roi_eval import RoIEvalResult, roi_linear_eval, roi_probe, split_by_image
-from .roi_features import RoIFeatures, SquareBoxes, adapted_trunk, extract_roi_features, frozen_copy, pool_boxes
+from .roi_features import RoIFeatures, SquareBoxes, adapted_trunk, extract_roi_features, frozen_copy
 
 __all__ = [
     "RetrievalResult",
@@ -17,7 +17,6 @@ __all__ = [
     "extract_roi_features",
     "frozen_copy",
     "knn_predict",
-    "pool_boxes",
     "roi_linear_eval",
     "roi_probe",
     "split_by_image",

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from ..box_sampler import BoxPairSampler
+from ..cell_centre import map_cell_geometry
 from ..roi_pool import roi_pair_pool
 from ..transforms import byol_view
 from .roi_features import _device_of, _forward
@@ -56,11 +57,12 @@ def cross_view_retrieval(
 
     Each image gets the two SCRL/BYOL views (:func:`~scrl.transforms.byol_view` 1 and 2), box
     pairs are drawn in their overlap (:class:`~scrl.BoxPairSampler`) and pooled on the trunk's
-    maps with RoIAlign (``aligned=True``). The trunk runs as given, in eval mode (its mode is
+    maps with RoIAlign where the trunk's cells are centred, as in pretraining. The trunk runs as given, in eval mode (its mode is
     restored after); pass a frozen, BatchNorm-adapted copy for a fair comparison.
 
     Args:
-        trunk: a ``Trunk`` (its ``stride`` sets the RoIAlign scale; 32 otherwise).
+        trunk: a ``Trunk`` (its ``stride`` and ``cell_offset`` place the boxes on its map), or
+            any module returning a feature map (stride read off the map, cell offset measured).
         dataset: items whose first element is a PIL image (box datasets, image folders).
         indices: images to use (all when ``None``), split into batches of ``batch_size``.
         view_size: view side in pixels.
@@ -88,7 +90,7 @@ def cross_view_retrieval(
     indices = list(range(len(dataset))) if indices is None else list(indices)
     views = (byol_view(1, view_size, scale, photometric, uint8=True), byol_view(2, view_size, scale, photometric, uint8=True))
     sampler = BoxPairSampler(num_boxes=num_boxes, min_size=min_size)
-    stride = float(getattr(trunk, "stride", 32))
+    cells: tuple[int, float] | None = None
     generator = torch.Generator().manual_seed(seed)
     correct, chance, queries = 0, 0.0, 0
     was_training = trunk.training
@@ -104,7 +106,11 @@ def cross_view_retrieval(
                 pairs = sampler(g1, g2, generator=generator).to(device)
                 map1 = _forward(trunk, x1, device, autocast_dtype, channels_last)
                 map2 = _forward(trunk, x2, device, autocast_dtype, channels_last)
-                p1, p2, valid = roi_pair_pool(map1.float(), map2.float(), pairs, spatial_scale=1.0 / stride)
+                if cells is None:  # where the map's cells sit, found once
+                    cells = map_cell_geometry(trunk, view_size, map1.shape[-1])
+                p1, p2, valid = roi_pair_pool(
+                    map1.float(), map2.float(), pairs, spatial_scale=1.0 / cells[0], cell_offset=cells[1]
+                )
                 q = F.normalize(p1[valid], dim=1)
                 z = F.normalize(p2[valid], dim=1)
                 n = q.shape[0]

@@ -17,11 +17,12 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import roi_align
 
+from ..cell_centre import map_cell_geometry
+from ..roi_pool import pool_boxes
 from ..transforms import normalize_uint8
 
-__all__ = ["RoIFeatures", "SquareBoxes", "adapted_trunk", "extract_roi_features", "frozen_copy", "pool_boxes"]
+__all__ = ["RoIFeatures", "SquareBoxes", "adapted_trunk", "extract_roi_features", "frozen_copy"]
 
 
 class RoIFeatures(NamedTuple):
@@ -217,24 +218,6 @@ def _stage_modules(trunk: nn.Module, stages: Sequence[str]) -> list[nn.Module]:
     return modules
 
 
-def pool_boxes(feature_map: Tensor, boxes: list[Tensor], stride: float, output_size: int = 1) -> Tensor:
-    """RoIAlign (``aligned=True``, adaptive sampling) of per-image boxes, one vector per box.
-
-    Args:
-        feature_map: float ``[N, C, h, w]``.
-        boxes: ``N`` float tensors ``[M_i, 4]``, ``(x0, y0, x1, y1)`` in input pixels.
-        stride: input pixels per feature cell (32 for C5).
-        output_size: RoIAlign bins per side (1 as in SCRL: the box's mean feature); larger
-            values keep the layout inside the box, bins flattened channel-major.
-
-    Returns:
-        float32 ``[sum M_i, C * output_size**2]``.
-    """
-    boxes = [b.to(feature_map.device, torch.float32) for b in boxes]
-    pooled = roi_align(feature_map.float(), boxes, output_size, 1.0 / stride, sampling_ratio=-1, aligned=True)
-    return pooled.flatten(1)
-
-
 def extract_roi_features(
     trunk: nn.Module,
     dataset: Dataset,
@@ -253,16 +236,20 @@ def extract_roi_features(
     """Features of every ground-truth box, pooled with RoIAlign on the frozen trunk.
 
     Each image is resized to ``image_size`` x ``image_size``, normalised with ImageNet
-    statistics and passed through ``trunk`` in eval mode (its mode is restored after).
+    statistics and passed through ``trunk`` in eval mode (its mode is restored after). Boxes
+    are pooled where the map's cells are centred (:func:`~scrl.roi_pool.pool_boxes`), as in
+    pretraining.
 
     Args:
-        trunk: a ``Trunk`` (uses ``trunk.stride``) or any module returning a feature map.
+        trunk: a ``Trunk`` (uses ``trunk.stride`` and ``trunk.cell_offset``) or any module
+            returning a feature map (stride read off the map size, cell offset measured).
         dataset: items ``(PIL image, boxes [M, 4] xyxy source pixels, labels [M])``.
         indices: images to use (all when ``None``).
         image_size: square side in pixels (paper: 800).
         stages: names of modules in ``trunk.body`` (e.g. ``("layer3", "layer4")``) whose
             outputs are pooled and concatenated; ``None`` pools the trunk's output (C5).
-            Strides of named stages are read off their map size (nearest power of two).
+            Strides of named stages are read off their map size (nearest power of two), their
+            cell offsets measured once (:func:`~scrl.cell_centre.measure_cell_offset`).
         output_size: RoIAlign bins per side (1: the box's mean feature; larger keeps the
             layout inside the box, ``D`` grows by ``output_size**2``).
         batch_size: images per forward pass.
@@ -296,6 +283,7 @@ def extract_roi_features(
     was_training = trunk.training
     trunk.eval()
     features, labels, image_index = [], [], []
+    cells: list[tuple[int, float]] = []
     try:
         with torch.no_grad():
             for pixels, boxes, batch_labels, batch_index in _loader(
@@ -304,13 +292,13 @@ def extract_roi_features(
                 captured.clear()
                 output = _forward(trunk, pixels, device, autocast_dtype, channels_last)
                 maps = captured if stages is not None else [output]
-                pooled = []
-                for fmap in maps:
-                    if stages is None and hasattr(trunk, "stride"):
-                        stride = float(trunk.stride)
-                    else:
-                        stride = 2.0 ** round(math.log2(image_size / fmap.shape[-1]))
-                    pooled.append(pool_boxes(fmap, boxes, stride, output_size))
+                if not cells:  # where the cells of each pooled map sit, found once
+                    names = stages if stages is not None else [None]
+                    cells = [map_cell_geometry(trunk, image_size, m.shape[-1], n) for m, n in zip(maps, names)]
+                pooled = [
+                    pool_boxes(fmap.float(), boxes, spatial_scale=1.0 / stride, output_size=output_size, cell_offset=offset)
+                    for fmap, (stride, offset) in zip(maps, cells)
+                ]
                 features.append(torch.cat(pooled, dim=1).cpu())
                 labels.append(batch_labels)
                 image_index.append(batch_index)

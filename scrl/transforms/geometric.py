@@ -70,7 +70,7 @@ def check_crop_args(
 def random_resized_crop_params(
     width: int,
     height: int,
-    scale: Sequence[float] = (0.08, 1.0),
+    scale: Sequence[float] = (0.2, 1.0),
     ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
     generator: torch.Generator | None = None,
 ) -> Box:
@@ -84,7 +84,8 @@ def random_resized_crop_params(
     Args:
         width: source width in pixels, >= 1.
         height: source height in pixels, >= 1.
-        scale: ``(min, max)`` fraction of the source area.
+        scale: ``(min, max)`` fraction of the source area; SCRL's (0.2, 1.0) by default
+            (BYOL and torchvision use (0.08, 1.0)).
         ratio: ``(min, max)`` width / height of the crop.
         generator: optional CPU ``torch.Generator``; the global RNG when ``None``.
 
@@ -152,7 +153,8 @@ class RandomResizedCrop(nn.Module):
 
     Args:
         size: output ``(height, width)``, or an int for a square view.
-        scale: ``(min, max)`` fraction of the input area, within (0, 1].
+        scale: ``(min, max)`` fraction of the input area, within (0, 1]; SCRL's (0.2, 1.0) by
+            default (BYOL and torchvision use (0.08, 1.0)).
         ratio: ``(min, max)`` aspect ratio (width / height) before resizing.
         interpolation: resampling filter; bicubic by default (the SCRL/BYOL setting).
 
@@ -166,7 +168,7 @@ class RandomResizedCrop(nn.Module):
     def __init__(
         self,
         size: int | Sequence[int],
-        scale: Sequence[float] = (0.08, 1.0),
+        scale: Sequence[float] = (0.2, 1.0),
         ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
         interpolation: InterpolationMode = InterpolationMode.BICUBIC,
     ) -> None:
