@@ -120,8 +120,11 @@ def pretrain_with_probe(
     pretrain: Any, method: str, b: Budget, seed: int, out: Path, device: torch.device, probe_data: SyntheticScenes,
     run: dict, quiet: bool, roi_pooling: str = "exact",
 ) -> dict[str, Any]:
-    """Pretrain in chunks of ``probe_every`` steps, probing the online trunk after each."""
-    argv = pretrain_argv(method, b, seed, out, device, roi_pooling)
+    """Pretrain in chunks of ``probe_every`` steps, probing the online trunk after each.
+
+    ``method`` names the row (``scrl_aligned`` trains ``--method scrl``).
+    """
+    argv = pretrain_argv(method.split("_")[0], b, seed, out, device, roi_pooling)
     curve, train_seconds = [], 0.0
     for end in range(b.probe_every, b.steps + 1, b.probe_every):
         start = time.perf_counter()
@@ -306,9 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_method["random"].append(scores)
         for method, pooling in rows:
             out = Path(args.output_dir) / args.budget / f"{method}_seed{seed}"
-            trained = pretrain_with_probe(
-                pretrain, method.split("_")[0], b, seed, out, device, probe_data, run, not args.verbose, pooling
-            )
+            trained = pretrain_with_probe(pretrain, method, b, seed, out, device, probe_data, run, not args.verbose, pooling)
             curves.setdefault(method, []).append([start_probe] + trained["curve"])
             trunk = trunk_from_checkpoint(trained["checkpoint"], b.arch, device)
             scores = {k: trained[k] for k in ("train_seconds", "final_loss", "collapse_std")}
