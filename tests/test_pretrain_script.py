@@ -305,6 +305,8 @@ def test_cpu_defaults_train_on_real_box_pairs(script):
         (["--roi-probe-size", "31"], "--roi-probe-size must be >= 32, got 31"),
         (["--projector-hidden", "0"], "--projector-hidden must be >= 1, got 0"),
         (["--projection-dim", "-4"], "--projection-dim must be >= 1, got -4"),
+        (["--min-box-size", "0"], "--min-box-size must be > 0, got 0.0"),
+        (["--image-size", "40", "--min-box-size", "100"], "--min-box-size must be at most --image-size (40), got 100.0"),
     ],
 )
 def test_out_of_range_flag_is_an_argparse_error_naming_it(script, argv, message, capsys):
@@ -313,6 +315,14 @@ def test_out_of_range_flag_is_an_argparse_error_naming_it(script, argv, message,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("usage:")
+
+
+@pytest.mark.parametrize("pooling, aligned", [("exact", None), ("aligned", True), ("unaligned", False)])
+def test_roi_pooling_flag_selects_the_rule(script, pooling, aligned):
+    args = script.parse_args(["--roi-pooling", pooling, "--projector-hidden", "8", "--projection-dim", "4"])
+    script.resolve_defaults(args, on_gpu=False, local_world_size=1)
+    pool = script.build_model(args).roi_pool
+    assert pool.aligned is aligned and pool.cell_offset == 0.5
 
 
 def test_boundary_values_of_the_checked_flags_are_accepted(script):

@@ -8,7 +8,6 @@ per image and the pooled features are cached, so the classifier trains in second
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import nullcontext
 from typing import NamedTuple, Sequence
 
