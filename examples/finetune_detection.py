@@ -33,7 +33,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scrl.data import open_box_dataset
-from scrl.distributed import cleanup, init_distributed, wrap_ddp
+from scrl.train.distributed import cleanup, init_distributed, wrap_ddp
 from scrl.eval import split_by_image
 from scrl.export import resnet_arch, to_torchvision
 from scrl.trunk import RESNET_ARCHS

@@ -26,16 +26,16 @@ import torch
 from torch import nn
 
 import scrl
-from scrl.checkpoint import latest_checkpoint, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scrl.train.checkpoint import latest_checkpoint, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
 from scrl.data import (
     ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed, open_box_dataset,
     two_view_loader,
 )
-from scrl.distributed import DistInfo, all_gather_object, cleanup, init_distributed, wrap_ddp
+from scrl.train.distributed import DistInfo, all_gather_object, cleanup, init_distributed, wrap_ddp
 from scrl.eval import roi_probe
-from scrl.metrics import DeviceMeans, MetricsLogger, NonFiniteWatch
-from scrl.momentum import cosine_tau
-from scrl.stop_signal import StopSignal
+from scrl.train.telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
+from scrl.train.schedule import cosine_tau
+from scrl.train.stop_signal import StopSignal
 from scrl.transforms import BatchPhotometric, normalize_uint8
 
 # Hyper-parameters of the paper (SCRL, CVPR 2021: Sec. 4.1 and Table A5) and of the authors'

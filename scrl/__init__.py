@@ -2,15 +2,15 @@
 
 from .box_sampler import BoxPairs, BoxPairSampler, sample_box_pairs
 from .geometry import ViewGeometry
-from .lars import LARS, lars_param_groups
 from .losses import byol_loss, scrl_loss
 from .mlp_head import MLPHead
 from .models import BYOL, SCRL
-from .momentum import MomentumTarget, cosine_tau
+from .momentum import MomentumTarget
 from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
-from .schedule import warmup_cosine
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk
+from .train.lars import LARS, lars_param_groups
+from .train.schedule import cosine_tau, warmup_cosine
 
 __all__ = [
     "BoxPairs",

@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint
+from .train.checkpoint import load_checkpoint
 
 __all__ = [
     "DETECTRON2_PIXEL_MEAN",

@@ -28,7 +28,8 @@ from .box_sampler import DEFAULT_CANDIDATES_PER_BOX, BoxPairSampler, SamplingMod
 from .geometry import ViewGeometry
 from .losses import byol_loss, scrl_loss
 from .mlp_head import MLPHead
-from .momentum import MomentumTarget, cosine_tau
+from .momentum import MomentumTarget
+from .train.schedule import cosine_tau
 from .roi_pool import RoIPairPool
 from .trunk import Trunk, as_trunk
 

@@ -1,4 +1,4 @@
-"""The momentum (EMA) target network of BYOL / SCRL and its cosine schedule.
+"""The momentum (EMA) target network of BYOL / SCRL (its cosine schedule: :func:`scrl.train.schedule.cosine_tau`).
 
 Naming: ``tau`` is the weight KEPT on the target, ``xi <- tau * xi + (1 - tau) * theta``
 (paper notation); some frameworks call ``1 - tau`` "momentum".
@@ -7,39 +7,12 @@ Naming: ``tau`` is the weight KEPT on the target, ``xi <- tau * xi + (1 - tau) *
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MomentumTarget", "cosine_tau"]
-
-
-def cosine_tau(step: int, total_steps: int, base: float) -> float:
-    """Target weight at step ``k``: ``tau_k = 1 - (1 - base) * (cos(pi * k / K) + 1) / 2``.
-
-    Rises from ``base`` at ``k = 0`` to 1 at ``k = K`` (BYOL / SCRL schedule).
-
-    Args:
-        step: ``k``, the optimiser step, ``0 <= k <= total_steps``.
-        total_steps: ``K``, >= 1.
-        base: ``tau_base`` in ``[0, 1]`` (the paper: 0.97; the authors' released 1000-epoch config: 0.996).
-
-    Returns:
-        ``tau_k`` in ``[base, 1]``.
-
-    Example:
-        >>> cosine_tau(0, 100, 0.99), cosine_tau(50, 100, 0.99), cosine_tau(100, 100, 0.99)
-        (0.99, 0.995, 1.0)
-    """
-    if not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
-    if not 0 <= step <= total_steps:
-        raise ValueError(f"step must be in [0, total_steps={total_steps}], got {step!r}")
-    if not 0.0 <= base <= 1.0:
-        raise ValueError(f"base must be in [0, 1], got {base!r}")
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0
+__all__ = ["MomentumTarget"]
 
 
 class MomentumTarget(nn.Module):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scrl import checkpoint as ckpt
+from scrl.train import checkpoint as ckpt
 
 
 def _draws(generator):

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from scrl import BYOL, LARS, SCRL, ViewGeometry, lars_param_groups
 from scrl.data.two_view import TwoViewBatch
-from scrl.metrics import DeviceMeans, NonFiniteWatch
+from scrl.train.telemetry import DeviceMeans, NonFiniteWatch
 from scrl.transforms import BatchPhotometric
 
 SMALL = dict(projector_hidden=32, projection_dim=16)

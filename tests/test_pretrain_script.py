@@ -16,10 +16,10 @@ import torchvision
 from PIL import Image
 
 import scrl
-from scrl.checkpoint import load_checkpoint
+from scrl.train.checkpoint import load_checkpoint
 from scrl.data import SyntheticScenes, TwoViewDataset
-from scrl.momentum import cosine_tau
-from scrl.schedule import warmup_cosine_factor
+from scrl.train.schedule import cosine_tau
+from scrl.train.schedule import warmup_cosine_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "pretrain_imagenet.py"

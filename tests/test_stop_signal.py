@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from scrl.stop_signal import StopSignal
+from scrl.train.stop_signal import StopSignal
 
 
 def test_first_signal_sets_a_flag_and_handlers_are_restored():

@@ -18,9 +18,7 @@ from torch import nn
 __all__ = [
     "DistInfo",
     "init_distributed",
-    "get_rank",
     "get_world_size",
-    "is_main_process",
     "all_gather_object",
     "wrap_ddp",
     "cleanup",
@@ -81,19 +79,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def get_rank() -> int:
-    """Global rank, 0 without a process group."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def get_world_size() -> int:
     """Number of processes, 1 without a process group."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0: the only process that prints and writes files."""
-    return get_rank() == 0
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Learning-rate schedule of BYOL / SCRL: linear warm-up, then cosine decay to 0, per step."""
+"""Per-step schedules of BYOL / SCRL: the learning rate (linear warm-up, then cosine decay to 0) and the
+target weight tau (cosine rise to 1)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["warmup_cosine", "warmup_cosine_factor"]
+__all__ = ["cosine_tau", "warmup_cosine", "warmup_cosine_factor"]
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -49,3 +50,29 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> 
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps must be an integer in [0, total_steps={total_steps}], got {warmup_steps!r}")
     return LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps))
+
+
+def cosine_tau(step: int, total_steps: int, base: float) -> float:
+    """Target weight at step ``k``: ``tau_k = 1 - (1 - base) * (cos(pi * k / K) + 1) / 2``.
+
+    Rises from ``base`` at ``k = 0`` to 1 at ``k = K`` (BYOL / SCRL schedule).
+
+    Args:
+        step: ``k``, the optimiser step, ``0 <= k <= total_steps``.
+        total_steps: ``K``, >= 1.
+        base: ``tau_base`` in ``[0, 1]`` (the paper: 0.97; the authors' released 1000-epoch config: 0.996).
+
+    Returns:
+        ``tau_k`` in ``[base, 1]``.
+
+    Example:
+        >>> cosine_tau(0, 100, 0.99), cosine_tau(50, 100, 0.99), cosine_tau(100, 100, 0.99)
+        (0.99, 0.995, 1.0)
+    """
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    if not 0 <= step <= total_steps:
+        raise ValueError(f"step must be in [0, total_steps={total_steps}], got {step!r}")
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"base must be in [0, 1], got {base!r}")
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0

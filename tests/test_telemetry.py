@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from scrl.metrics import DeviceMeans, MetricsLogger, NonFiniteWatch
+from scrl.train.telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
 
 def test_device_means_average_per_key_and_reset():
