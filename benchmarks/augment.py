@@ -8,7 +8,7 @@ and the worker side of on-device augmentation.
    tracking the geometry. A second pair of rows times the geometric steps alone, where the
    difference is most visible.
 2. A data worker of examples/pretrain_imagenet.py: the full per-image pipeline
-   (``TwoViewTransform.byol(uint8=True)``) against the worker side of ``--augment-on-device``
+   (``TwoViewTransform.byol(output="uint8")``) against the worker side of ``--augment-on-device``
    (``photometric="device"``: crop, resize, flip, uint8), CPU ms per image for both views on one
    thread (decoding, the same for both, is timed separately).
 3. The device side: ``BatchPhotometric`` on a uint8 batch (default 256 x 3 x 224 x 224, both
@@ -61,7 +61,7 @@ def tracked_views(size: int, photometric: bool) -> Callable[[Image.Image], tuple
     if photometric:
         return TwoViewTransform.byol(size)
     return TwoViewTransform(
-        byol_view(1, size, photometric=False, normalize=False), byol_view(2, size, photometric=False, normalize=False)
+        byol_view(1, size, photometric=False, output="float"), byol_view(2, size, photometric=False, output="float")
     )
 
 
@@ -153,8 +153,8 @@ def main() -> None:
         "plain": plain_views(args.size, True),
         "tracked_geometric": tracked_views(args.size, False),
         "plain_geometric": plain_views(args.size, False),
-        "worker_full": TwoViewTransform.byol(args.size, uint8=True),
-        "worker_device_aug": TwoViewTransform.byol(args.size, uint8=True, photometric="device"),
+        "worker_full": TwoViewTransform.byol(args.size, output="uint8"),
+        "worker_device_aug": TwoViewTransform.byol(args.size, photometric="device"),
     }
     names = list(pipelines)
     for name in names:  # warm-up

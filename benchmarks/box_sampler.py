@@ -29,14 +29,16 @@ from scrl.transforms import random_resized_crop_params
 
 def view_geometries(batch: int, size: int, seed: int) -> tuple[ViewGeometry, ViewGeometry]:
     """Two batches of view geometries as the data pipeline draws them for 500 x 375 images."""
-    generator = torch.Generator().manual_seed(seed)
 
     def one() -> ViewGeometry:
-        box = random_resized_crop_params(500, 375, scale=(0.2, 1.0), generator=generator)
+        box = random_resized_crop_params(500, 375, scale=(0.2, 1.0))
         geom = ViewGeometry.full(500, 375).crop_to(box).resize(size, size)
-        return geom.hflip() if torch.rand((), generator=generator) < 0.5 else geom
+        return geom.hflip() if torch.rand(()) < 0.5 else geom
 
-    views = [(one(), one()) for _ in range(batch)]
+    # Crops draw from the global RNG, as in a data worker; seeded here, restored afterwards.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only, like TwoViewDataset
+        views = [(one(), one()) for _ in range(batch)]
     return (torch.utils.data.default_collate([v[0] for v in views]), torch.utils.data.default_collate([v[1] for v in views]))
 
 

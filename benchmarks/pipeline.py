@@ -2,9 +2,9 @@
 """Throughput of the pretraining input pipeline alone and of full training steps.
 
 1. Data: worker processes decode, augment and collate uint8 two-view batches on the host
-   (exactly the loader of examples/pretrain_imagenet.py); images per second after a warm-up.
+   (exactly the loader of scrl.train.Pretrainer); images per second after a warm-up.
    With --augment-on-device the workers only decode, crop, resize and flip.
-2. Training: examples/pretrain_imagenet.py itself, run in this process for 2 x --steps steps;
+2. Training: scrl.train.Pretrainer itself, run in this process for 2 x --steps steps;
    the first --steps are warm-up (worker start, cuDNN autotuning, compilation), the second
    interval is measured: images per second and the share of wall time spent waiting for data.
    With --augment-on-device the photometric steps run batched on the training device.
@@ -22,7 +22,6 @@ data_images_per_s, train_images_per_s, data_wait_share (and the settings).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -31,23 +30,14 @@ from pathlib import Path
 import torch
 
 import scrl
-from scrl.data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewDataset, two_view_loader
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pretrain_imagenet.py"
-
-
-def load_pretrain_script():
-    spec = importlib.util.spec_from_file_location("pretrain_imagenet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from scrl.data import ResumableSampler, TwoViewDataset, two_view_loader
+from scrl.train import PretrainConfig, Pretrainer, build_dataset
 
 def data_throughput(args: argparse.Namespace) -> float:
     """Images per second from the loader alone (uint8 views + geometries on the host)."""
-    images = ImageFolderDataset(args.data) if args.data else SyntheticScenes(args.synthetic_images, round(1.5 * args.image_size))
+    images = build_dataset(PretrainConfig(data=args.data, synthetic_images=args.synthetic_images, image_size=args.image_size))
     photometric = "device" if args.augment_on_device else True
-    dataset = TwoViewDataset(images, scrl.TwoViewTransform.byol(size=args.image_size, uint8=True, photometric=photometric))
+    dataset = TwoViewDataset(images, scrl.TwoViewTransform.byol(size=args.image_size, photometric=photometric, output="uint8"))
     sampler = ResumableSampler(dataset, num_replicas=1, rank=0)
     loader = two_view_loader(dataset, sampler, args.batch_size, args.workers, pin_memory=torch.cuda.is_available())
     needed = args.warmup_batches + args.batches
@@ -63,19 +53,15 @@ def data_throughput(args: argparse.Namespace) -> float:
 
 
 def train_throughput(args: argparse.Namespace) -> dict:
-    """Images per second, data-wait share (and peak GPU memory) of full steps of the pretraining script."""
-    script = load_pretrain_script()
+    """Images per second, data-wait share (and peak GPU memory) of full steps of the pretraining engine."""
     with tempfile.TemporaryDirectory() as out:
-        argv = [
-            "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-            "--workers", str(args.workers), "--amp", args.amp, "--max-steps", str(2 * args.steps),
-            "--log-every", str(args.steps), "--output-dir", out, "--resume", "none", "--method", args.method,
-            "--epochs", "1000",
-        ]
-        argv += ["--data", args.data] if args.data else ["--synthetic-images", str(args.synthetic_images)]
-        argv += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
-        argv += ["--augment-on-device"] * args.augment_on_device
-        script.main(argv)
+        config = PretrainConfig(
+            data=args.data, synthetic_images=args.synthetic_images, method=args.method, arch=args.arch,
+            image_size=args.image_size, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+            max_steps=2 * args.steps, log_every=args.steps, epochs=1000, output_dir=out, resume="none",
+            channels_last=args.channels_last, compile=args.compile, augment_on_device=args.augment_on_device,
+        )
+        Pretrainer(config).run()
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     measured = [r for r in records if "loss" in r][-1]
     return {k: measured[k] for k in ("images_per_s", "data_wait_share", "max_memory_gib") if k in measured}

@@ -1,7 +1,7 @@
 """Small-scale quality: SCRL vs BYOL vs random initialisation, by RoI evaluation of the trunk.
 
-Both methods are pretrained by examples/pretrain_imagenet.py itself (its ``main``, same trunk,
-steps, seed and synthetic scenes), in chunks resumed exactly from its checkpoints so that the
+Both methods are pretrained by the engine of examples/pretrain_imagenet.py, ``scrl.train.Pretrainer``
+(same trunk, steps, seed and synthetic scenes), in chunks resumed exactly from its checkpoints so that the
 online RoI probe (``scrl.eval.roi_probe``) can be logged between them. Each trunk is then
 evaluated next to the random initialisation both methods start from, on
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import json
 import statistics
@@ -41,6 +40,7 @@ import torch
 from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, roi_probe, split_by_image
 from scrl.export import backbone_state_dict
+from scrl.train import PretrainConfig, Pretrainer, build_model
 from scrl.trunk import Trunk, resnet_trunk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ class Budget:
     """Everything a budget fixes. Steps are optimiser steps of ``batch`` images per method."""
 
     arch: str
-    view: int  # view side of pretraining (scenes are 1.5x larger, as in the pretraining script)
+    view: int  # view side of pretraining (scenes are 1.5x larger, as scrl.train.build_dataset makes them)
     batch: int
     steps: int
     steps_per_epoch: int  # sets the synthetic dataset size: steps_per_epoch * batch scenes
@@ -81,29 +81,23 @@ BUDGETS = {
 }
 
 
-def load_pretrain_script() -> Any:
-    path = ROOT / "examples" / "pretrain_imagenet.py"
-    spec = importlib.util.spec_from_file_location("pretrain_imagenet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def trunk_from_checkpoint(path: Path, arch: str, device: torch.device) -> Trunk:
     trunk = resnet_trunk(arch)
     trunk.body.load_state_dict(backbone_state_dict(path))
     return trunk.to(device)
 
 
-def pretrain_argv(method: str, b: Budget, seed: int, out: Path, device: torch.device, roi_pooling: str = "exact") -> list[str]:
-    argv = [
-        "--method", method, "--arch", b.arch, "--image-size", str(b.view), "--batch-size", str(b.batch),
-        "--synthetic-images", str(b.steps_per_epoch * b.batch), "--epochs", str(b.steps // b.steps_per_epoch),
-        "--preset", "200ep", "--workers", str(b.workers), "--seed", str(seed), "--output-dir", str(out),
-        "--amp", b.amp, "--log-every", str(min(50, b.probe_every)), "--device", device.type, "--roi-pooling", roi_pooling,
-        "--min-box-size", "32",  # the paper's, on every budget and device
-    ]
-    return argv + (["--channels-last"] if b.channels_last else [])
+def pretrain_config(
+    method: str, b: Budget, seed: int, out: Path, device: torch.device, roi_pooling: str = "exact"
+) -> PretrainConfig:
+    """The run of one method and seed; ``max_steps`` and ``resume`` are set per chunk."""
+    return PretrainConfig(
+        method=method, arch=b.arch, image_size=b.view, batch_size=b.batch, synthetic_images=b.steps_per_epoch * b.batch,
+        epochs=b.steps // b.steps_per_epoch, preset="200ep", workers=b.workers, seed=seed, output_dir=str(out),
+        amp=b.amp, log_every=min(50, b.probe_every), device=device.type, roi_pooling=roi_pooling,
+        min_box_size=32.0,  # the paper's, on every budget and device
+        channels_last=b.channels_last,
+    )
 
 
 def last_logged(out: Path, key: str) -> float | None:
@@ -117,20 +111,20 @@ def last_logged(out: Path, key: str) -> float | None:
 
 
 def pretrain_with_probe(
-    pretrain: Any, method: str, b: Budget, seed: int, out: Path, device: torch.device, probe_data: SyntheticScenes,
+    method: str, b: Budget, seed: int, out: Path, device: torch.device, probe_data: SyntheticScenes,
     run: dict, quiet: bool, roi_pooling: str = "exact",
 ) -> dict[str, Any]:
     """Pretrain in chunks of ``probe_every`` steps, probing the online trunk after each.
 
     ``method`` names the row (``scrl_aligned`` trains ``--method scrl``).
     """
-    argv = pretrain_argv(method.split("_")[0], b, seed, out, device, roi_pooling)
+    config = pretrain_config(method.split("_")[0], b, seed, out, device, roi_pooling)
     curve, train_seconds = [], 0.0
     for end in range(b.probe_every, b.steps + 1, b.probe_every):
         start = time.perf_counter()
-        resume = ["--resume", "auto"] if end > b.probe_every else ["--resume", "none"]
+        chunk = dataclasses.replace(config, max_steps=end, resume="auto" if end > b.probe_every else "none")
         with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            pretrain.main(argv + ["--max-steps", str(end)] + resume)
+            Pretrainer(chunk).run()
         train_seconds += time.perf_counter() - start
         trunk = trunk_from_checkpoint(out / "checkpoint_last.pth", b.arch, device)
         probe = roi_probe(trunk, probe_data, image_size=b.probe_size, **run)
@@ -253,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "aligned=True / aligned=False conventions")
     p.add_argument("--also-aligned", action="store_true",
                    help="add an SCRL row pretrained with aligned=True pooling (scrl_aligned), same seeds and data")
-    p.add_argument("--verbose", action="store_true", help="show the pretraining script's own log lines")
+    p.add_argument("--verbose", action="store_true", help="show the pretraining run's own log lines")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
     b = BUDGETS[args.budget]
@@ -271,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = dict(device=device, autocast_dtype=torch.bfloat16 if b.amp == "bf16" else None, channels_last=b.channels_last)
     torch.backends.cudnn.benchmark = device.type == "cuda"
 
-    scene_size = round(1.5 * b.view)  # the pretraining script's scenes for --image-size
+    scene_size = round(1.5 * b.view)  # scrl.train.build_dataset's scenes for image_size
     probe_data = SyntheticScenes(b.probe_images, image_size=scene_size, seed=HELD_OUT_SEED + 1)
     eval_sets: list[tuple[str, Any, int]] = [
         ("synthetic", SyntheticScenes(b.eval_images, image_size=scene_size, seed=HELD_OUT_SEED), b.eval_size)
@@ -286,22 +280,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sets = [name for name, _, _ in eval_sets]
     print(f"budget {args.budget}: {b}", flush=True)
 
-    pretrain = load_pretrain_script()
     result: dict[str, Any] = {"budget": args.budget, "steps": b.steps, "arch": b.arch, "image_size": b.view,
                               "batch_size": b.batch, "scene_size": scene_size, "device": str(device),
                               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "threads": torch.get_num_threads(), "pretrain_seeds": b.pretrain_seeds,
                               "head_seeds": b.head_seeds, "roi_pooling": args.roi_pooling}
     curves: dict[str, list[list[dict]]] = {}
-    # Each pretrained row: (method, the pretraining script's --roi-pooling).
+    # Each pretrained row: (method, PretrainConfig.roi_pooling).
     rows = [("byol", "exact"), ("scrl", args.roi_pooling)] + ([("scrl_aligned", "aligned")] if args.also_aligned else [])
     per_method: dict[str, list[dict[str, Any]]] = {"random": [], **{name: [] for name, _ in rows}}
     for seed in range(b.pretrain_seeds):
-        # The initialisation both methods start from, as the pretraining script builds it.
-        start_args = pretrain.parse_args(pretrain_argv("scrl", b, seed, Path(args.output_dir), device))
-        pretrain.resolve_defaults(start_args, device.type == "cuda", 1)
+        # The initialisation both methods start from, as scrl.train builds it.
+        start, _ = pretrain_config("scrl", b, seed, Path(args.output_dir), device).resolve(device.type == "cuda")
         torch.manual_seed(seed)
-        random_trunk = pretrain.build_model(start_args).trunk.to(device)
+        random_trunk = build_model(start).trunk.to(device)
         start_probe = {"step": 0, "images_seen": 0, **roi_probe(random_trunk, probe_data, image_size=b.probe_size, **run)}
         scores = {"train_seconds": 0.0}
         for name, data, size in eval_sets:
@@ -309,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_method["random"].append(scores)
         for method, pooling in rows:
             out = Path(args.output_dir) / args.budget / f"{method}_seed{seed}"
-            trained = pretrain_with_probe(pretrain, method, b, seed, out, device, probe_data, run, not args.verbose, pooling)
+            trained = pretrain_with_probe(method, b, seed, out, device, probe_data, run, not args.verbose, pooling)
             curves.setdefault(method, []).append([start_probe] + trained["curve"])
             trunk = trunk_from_checkpoint(trained["checkpoint"], b.arch, device)
             scores = {k: trained[k] for k in ("train_seconds", "final_loss", "collapse_std")}

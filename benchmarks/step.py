@@ -43,14 +43,16 @@ def synchronize(device: torch.device) -> None:
 
 def random_views(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, ViewGeometry, ViewGeometry]:
     """Random images with the geometries of the paper's crops (scale 0.2 to 1) + flips of 500x375 sources."""
-    g = torch.Generator().manual_seed(seed)
     geoms = []
-    for _ in range(2):
-        crops = torch.tensor([random_resized_crop_params(500, 375, (0.2, 1.0), generator=g) for _ in range(batch)])
-        flips = torch.rand(batch, generator=g) < 0.5
-        geom = ViewGeometry(crops.double(), flips, torch.full((batch, 2), float(size), dtype=torch.float64))
-        geoms.append(geom.to(device))
-    views = torch.randn(2, batch, 3, size, size, generator=g).to(device)
+    # Crops draw from the global RNG, as in a data worker; seeded here, restored afterwards.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only, like TwoViewDataset
+        for _ in range(2):
+            crops = torch.tensor([random_resized_crop_params(500, 375, (0.2, 1.0)) for _ in range(batch)])
+            flips = torch.rand(batch) < 0.5
+            geom = ViewGeometry(crops.double(), flips, torch.full((batch, 2), float(size), dtype=torch.float64))
+            geoms.append(geom.to(device))
+        views = torch.randn(2, batch, 3, size, size).to(device)
     return views[0], views[1], geoms[0], geoms[1]
 
 

@@ -58,14 +58,14 @@ RULES = (
 def pick_views(img: Image.Image) -> tuple:
     """The first seed whose views differ in flip and hold all pairs, so the figure shows both cases."""
     transform = TwoViewTransform(
-        byol_view(1, VIEW_SIZE, photometric=False, normalize=False),
-        byol_view(2, VIEW_SIZE, photometric=False, normalize=False),
+        byol_view(1, VIEW_SIZE, photometric=False, output="float"),
+        byol_view(2, VIEW_SIZE, photometric=False, output="float"),
     )
     sampler = BoxPairSampler(num_boxes=NUM_BOXES, min_size=32)
     for seed in range(1000):
-        generator = torch.Generator().manual_seed(seed)
-        view1, view2, geom1, geom2 = transform(img, generator=generator)
-        pairs = sampler(geom1, geom2, generator=generator)
+        torch.manual_seed(seed)
+        view1, view2, geom1, geom2 = transform(img)
+        pairs = sampler(geom1, geom2)  # CPU geometries: the sampler goes on with the global stream
         if bool(geom1.flipped) != bool(geom2.flipped) and bool(pairs.valid.all()):
             return view1, view2, geom1, geom2, pairs
     raise RuntimeError(f"no seed gave one flipped and one unflipped view with {NUM_BOXES} pairs")

@@ -32,7 +32,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from scrl.data import open_box_dataset
+from scrl.data import hflip_with_boxes, open_box_dataset
 from scrl.train.distributed import cleanup, init_distributed, wrap_ddp
 from scrl.eval import split_by_image
 from scrl.export import resnet_arch, to_torchvision
@@ -52,7 +52,9 @@ def load_pycocotools() -> tuple[Any, Any]:
 class DetectionData(Dataset):
     """Box dataset items as torchvision detection inputs: ``(image [3, H, W] in [0, 1], target)``.
 
-    Labels shift by one: torchvision's detectors reserve class 0 for the background.
+    With ``hflip`` an image and its boxes are mirrored with probability 0.5 (torch's global RNG,
+    seeded per DataLoader worker). Labels shift by one: torchvision's detectors reserve class 0
+    for the background.
     """
 
     def __init__(self, dataset: Dataset, hflip: bool) -> None:
@@ -67,9 +69,7 @@ class DetectionData(Dataset):
         pixels = TF.to_tensor(image)
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         if self.hflip and torch.rand(()) < 0.5:
-            width = pixels.shape[-1]
-            pixels = pixels.flip(-1)
-            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+            pixels, boxes = hflip_with_boxes(pixels, boxes)
         return pixels, {"boxes": boxes, "labels": torch.as_tensor(labels, dtype=torch.int64) + 1}
 
 

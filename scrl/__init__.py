@@ -4,8 +4,9 @@ from .box_sampler import BoxPairs, BoxPairSampler, sample_box_pairs
 from .geometry import ViewGeometry
 from .losses import byol_loss, scrl_loss
 from .mlp_head import MLPHead
-from .models import BYOL, SCRL
+from .models import BYOL, SCRL, TwoViewModel
 from .momentum import MomentumTarget
+from .pooling import BoxPairPool, GlobalPool, PooledPairs
 from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk
@@ -13,16 +14,19 @@ from .train.lars import LARS, lars_param_groups
 from .train.schedule import cosine_tau, warmup_cosine
 
 __all__ = [
+    "BoxPairPool",
     "BoxPairs",
     "BoxPairSampler",
     "BYOL",
     "byol_loss",
     "cosine_tau",
+    "GlobalPool",
     "LARS",
     "lars_param_groups",
     "MLPHead",
     "MomentumTarget",
     "pool_boxes",
+    "PooledPairs",
     "resnet_trunk",
     "roi_pair_pool",
     "RoIPairPool",
@@ -30,6 +34,7 @@ __all__ = [
     "SCRL",
     "scrl_loss",
     "Trunk",
+    "TwoViewModel",
     "TwoViewTransform",
     "ViewGeometry",
     "warmup_cosine",

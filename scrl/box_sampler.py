@@ -42,9 +42,9 @@ class BoxPairs(NamedTuple):
     boxes2: Tensor
     valid: Tensor
 
-    def to(self, device: torch.device | str) -> "BoxPairs":
-        """Move all three tensors to ``device``."""
-        return BoxPairs(self.boxes1.to(device), self.boxes2.to(device), self.valid.to(device))
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "BoxPairs":
+        """Move all three tensors to ``device`` (asynchronously where possible with ``non_blocking``)."""
+        return BoxPairs(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
 def _check_args(

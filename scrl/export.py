@@ -25,7 +25,9 @@ from typing import Any, Mapping
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from .eval.trunk_forward import unwrap_module
 from .train.checkpoint import load_checkpoint
 
 __all__ = [
@@ -74,17 +76,21 @@ def _load(path: str | os.PathLike, weights_only: bool) -> Any:
 
 
 def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-            key = key.replace("._orig_mod.", ".")
-        out[key] = value
-    return out
+    """A copy of ``state``, in its order, with the key prefixes of wrapped modules removed.
+
+    Leading prefixes may be nested and mixed (``module._orig_mod.``, ``_orig_mod.module.``:
+    DDP around a compiled model, or the reverse); a compiled submodule leaves ``._orig_mod.``
+    inside the key (``trunk._orig_mod.body.x``). Of keys that strip to one name, only one is
+    kept.
+    """
+    # The names are stripped on a {name: original key} dict: consume_prefix_in_state_dict_if_present
+    # edits in place and moves renamed keys to the end, and neither may reach the caller's state.
+    names = {key: key for key in state}
+    while any(name.startswith(_WRAPPER_PREFIXES) for name in names):  # one level per call
+        for prefix in _WRAPPER_PREFIXES:
+            consume_prefix_in_state_dict_if_present(names, prefix)
+    stripped = {key: name for name, key in names.items()}
+    return {stripped[key].replace("._orig_mod.", "."): value for key, value in state.items() if key in stripped}
 
 
 def _trunk_from_state(state: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -122,10 +128,7 @@ def backbone_state_dict(source: Source, *, weights_only: bool = True) -> dict[st
     if isinstance(source, (str, os.PathLike)):
         source = _load(source, weights_only)
     if isinstance(source, nn.Module):
-        module = source
-        while isinstance(getattr(module, "module", None), nn.Module):  # DDP / DataParallel
-            module = module.module
-        module = getattr(module, "_orig_mod", module)  # torch.compile
+        module = unwrap_module(source)
         if hasattr(module, "backbone_state_dict"):
             state: Mapping[str, Any] = module.backbone_state_dict()
         elif isinstance(getattr(module, "body", None), nn.Module):

@@ -130,11 +130,28 @@ class ViewGeometry(NamedTuple):
         unflipped = torch.where(flipped, self._mirror(boxes, width), boxes)
         return unflipped / scale + offset
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ViewGeometry":
-        """Move to ``device``; ``dtype`` (a float type) applies to ``crop`` and ``size``."""
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *, non_blocking: bool = False
+    ) -> "ViewGeometry":
+        """Move to ``device`` and/or cast ``crop`` and ``size`` to ``dtype``.
+
+        Args:
+            device: target device; ``None`` keeps each tensor where it is.
+            dtype: floating dtype for ``crop`` and ``size`` (``flipped`` stays bool); ``None``
+                keeps theirs.
+            non_blocking: copy asynchronously where possible (from pinned host memory to a GPU).
+
+        Returns:
+            The geometry with the same shapes (``[..., 4]``, ``[...]``, ``[..., 2]``).
+
+        Raises:
+            ValueError: ``dtype`` is not a floating dtype.
+        """
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype (for crop and size), got {dtype}")
         return ViewGeometry(
-            self.crop.to(device=device, dtype=dtype),
-            self.flipped.to(device=device),
-            self.size.to(device=device, dtype=dtype),
+            self.crop.to(device=device, dtype=dtype, non_blocking=non_blocking),
+            self.flipped.to(device=device, non_blocking=non_blocking),
+            self.size.to(device=device, dtype=dtype, non_blocking=non_blocking),
         )
 

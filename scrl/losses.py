@@ -4,7 +4,8 @@ For an online prediction ``q`` and a target projection ``z`` the loss is the squ
 distance of the l2-normalised vectors, ``||q/||q|| - z/||z|| ||^2 = 2 - 2 cos(q, z)``.
 SCRL averages it over the valid box pairs and sums the two directions (paper Eq. 2-3):
 ``L = mean_valid(2 - 2 cos(q1, z2)) + mean_valid(2 - 2 cos(q2, z1))``. Summing, not averaging,
-the directions matters: averaging halves the gradient.
+the directions matters: averaging halves the gradient. BYOL's loss is the same with every row
+valid, so :func:`scrl_loss` takes ``valid=None`` for it and :func:`byol_loss` is that call.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _check_pairs(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor) -> None:
         )
 
 
-def scrl_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor) -> Tensor:
+def scrl_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor | None) -> Tensor:
     """SCRL loss over matched box pairs, masked to the valid pairs and symmetrised.
 
     ``L = sum_m v_m l(q1_m, z2_m) / max(1, sum_m v_m) + sum_m v_m l(q2_m, z1_m) / max(1, sum_m v_m)``
@@ -54,7 +55,8 @@ def scrl_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor) -> 
         z2: float ``[M, D]``, target projections of the same boxes in view 2 (no gradient).
         q2: float ``[M, D]``, online predictions of the view-2 boxes.
         z1: float ``[M, D]``, target projections of the view-1 boxes (no gradient).
-        valid: bool ``[M]``, which rows are real box pairs.
+        valid: bool ``[M]``, which rows are real box pairs; ``None`` when all are (the BYOL
+            loss, a plain mean over the rows).
 
     Returns:
         float32 scalar in ``[0, 8]``.
@@ -65,15 +67,20 @@ def scrl_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor) -> 
         tensor(0.)
     """
     _check_pairs(q1, z2, q2, z1)
-    if valid.shape != q1.shape[:-1] or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be bool {list(q1.shape[:-1])}, got {valid.dtype} {list(valid.shape)}")
+    if valid is not None and (valid.shape != q1.shape[:-1] or valid.dtype != torch.bool):
+        raise ValueError(f"valid must be None or bool {list(q1.shape[:-1])}, got {valid.dtype} {list(valid.shape)}")
+    per_pair = regression_loss(q1, z2) + regression_loss(q2, z1)
+    if valid is None:
+        return per_pair.mean()
     weight = valid.float()
     count = weight.sum().clamp(min=1)
-    return ((regression_loss(q1, z2) + regression_loss(q2, z1)) * weight).sum() / count
+    return (per_pair * weight).sum() / count
 
 
 def byol_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor) -> Tensor:
     """BYOL loss on image-level vectors: ``mean(2 - 2 cos(q1, z2)) + mean(2 - 2 cos(q2, z1))``.
+
+    The same as ``scrl_loss(q1, z2, q2, z1, None)``: every row is a pair.
 
     Args:
         q1, q2: float ``[B, D]``, online predictions of view 1 / view 2.
@@ -87,5 +94,4 @@ def byol_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor) -> Tensor:
         >>> byol_loss(q, -q, q, -q)
         tensor(8.)
     """
-    _check_pairs(q1, z2, q2, z1)
-    return (regression_loss(q1, z2) + regression_loss(q2, z1)).mean()
+    return scrl_loss(q1, z2, q2, z1, None)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from scrl.transforms import BatchPhotometric
+from scrl.transforms import BatchPhotometric, normalize_images
 from scrl.transforms.batch_photometric import adjust_hue, gaussian_blur
 
 STEPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
@@ -71,6 +71,9 @@ def test_normalisation_and_uint8_float_inputs_agree():
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     torch.testing.assert_close(from_uint8, (plain - mean) / std)
+    assert torch.equal(from_uint8, normalize_images(plain))  # the library's one normalisation
+    other = BatchPhotometric(view=1, mean=(0.5,) * 3, std=(0.25,) * 3)(x, params=params)
+    assert torch.equal(other, normalize_images(plain, mean=(0.5,) * 3, std=(0.25,) * 3))
 
 
 def test_parameters_differ_across_the_batch_and_follow_the_generator():

@@ -170,3 +170,32 @@ def test_yolo_reads_coco128() -> None:
     image, boxes, labels = ds[0]
     assert boxes.shape[0] == labels.shape[0] > 0
     assert (boxes[:, 2] <= image.width).all() and (boxes[:, 3] <= image.height).all()
+
+
+def test_box_corners_are_the_hand_formulas_exactly_and_problems_keep_file_order(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    centre = 0.3 + 0.4 * torch.rand(20, 2, dtype=torch.float64, generator=g)
+    side = 0.05 + 0.5 * torch.rand(20, 2, dtype=torch.float64, generator=g)
+    rows = [(float(cx), float(cy), float(w), float(h)) for (cx, cy), (w, h) in zip(centre, side)]
+    lines = [f"1 {cx!r} {cy!r} {w!r} {h!r}" for cx, cy, w, h in rows]
+    lines += ["0 0.95 0.5 0.2 0.2", "0 0.5 0.5"]  # a box clipped, then a malformed line
+    root = _yolo_root(tmp_path, "\n".join(lines))
+    with pytest.warns(LabelWarning):
+        ds = YoloBoxes(root)
+    assert [p.where for p in ds.problems] == ["line 21", "line 22", ""]
+    scale = torch.tensor([200.0, 100.0] * 2)
+    expected = torch.tensor([(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2) for cx, cy, w, h in rows]) * scale
+    assert torch.equal(ds[0][1][:20], expected)
+
+    path, image_dir = _coco_file(tmp_path)
+    data = json.loads(path.read_text())
+    xywh = [[float(v) for v in b] for b in (10 + 20 * torch.rand(20, 4, dtype=torch.float64, generator=g)).tolist()]
+    data["annotations"] = [{"id": i, "image_id": 1, "category_id": 3, "bbox": b} for i, b in enumerate(xywh)]
+    data["annotations"] += [{"id": 90, "image_id": 1, "category_id": 3, "bbox": [90, 0, 20, 10]},  # clipped
+                            {"id": 91, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5]}]  # then malformed
+    path.write_text(json.dumps(data))
+    with pytest.warns(LabelWarning):
+        coco = CocoBoxes(path, image_dir)
+    assert [p.where for p in coco.problems] == ["images[2] (id 3)", "annotations[20] (id 90)", "annotations[21] (id 91)"]
+    expected = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in xywh])
+    assert torch.equal(coco[0][1][:20], expected)

@@ -246,6 +246,8 @@ def test_single_view_geometry_is_a_batch_of_one():
     pairs = sample_box_pairs(geom1, geom2, num_boxes=4, min_size=16, generator=torch.Generator().manual_seed(0))
     assert isinstance(pairs, BoxPairs) and pairs.boxes1.shape == (1, 4, 4)
     assert pairs.valid.all()
+    moved = pairs.to("cuda" if torch.cuda.is_available() else "cpu", non_blocking=True)
+    assert isinstance(moved, BoxPairs) and all(torch.equal(a.cpu(), b) for a, b in zip(moved, pairs))
 
 
 @pytest.mark.parametrize(

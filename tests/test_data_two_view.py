@@ -79,5 +79,32 @@ def test_collate_keeps_views_separate_and_batches_geometries():
     batch = collate_two_views([ds[i] for i in range(3)])
     assert batch.view1.shape == batch.view2.shape == (3, 3, 4, 4) and batch.view1.dtype == torch.uint8
     assert batch.geom1.crop.shape == (3, 4) and batch.geom1.flipped.shape == (3,) and batch.skipped == ()
-    moved = batch.to("cpu")
-    assert torch.equal(moved.geom2.size, batch.geom2.size)
+    moved = batch.to("cpu", non_blocking=True)
+    assert isinstance(moved.geom2, ViewGeometry) and moved.skipped == batch.skipped
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(moved.geom2, batch.geom2))
+
+
+class _Replacing(torch.utils.data.Dataset):
+    """A dataset that replaces unreadable files, by the protocol alone (no ImageFolderDataset)."""
+
+    def __init__(self) -> None:
+        self.scenes = SyntheticScenes(3, image_size=32)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def load(self, index):
+        return self.scenes[index][0], [f"broken/{index}.jpg"]
+
+    def __getitem__(self, index):
+        raise AssertionError("a dataset with load() is read through it")
+
+
+def test_images_come_from_load_when_a_dataset_has_it_else_from_indexing():
+    scenes = SyntheticScenes(3, image_size=32)
+    reference = TwoViewDataset(scenes, _noisy_views, seed=1)[(0, 2)]
+    replacing = TwoViewDataset(_Replacing(), _noisy_views, seed=1)[(0, 2)]
+    assert replacing[4] == ("broken/2.jpg",) and reference[4] == ()  # (image, boxes, labels) items: first element
+    assert torch.equal(replacing[2].crop, reference[2].crop) and torch.equal(replacing[0], reference[0])
+    plain = TwoViewDataset([scenes[i][0] for i in range(3)], _noisy_views, seed=1)[(0, 2)]  # items are images
+    assert plain[4] == () and torch.equal(plain[2].crop, reference[2].crop)

@@ -19,10 +19,11 @@ def test_device_views_are_the_geometric_warp_in_uint8_with_the_full_pipelines_ge
     img = noise_image()
     for seed in range(5):
         def make(**kwargs):
-            return byol_view(view, size=40, **kwargs)(img, generator=torch.Generator().manual_seed(seed))
+            torch.manual_seed(seed)
+            return byol_view(view, size=40, **kwargs)(img)
 
         raw, geom = make(photometric="device")
-        warp, warp_geom = make(photometric=False, normalize=False)
+        warp, warp_geom = make(photometric=False, output="float")
         _, full_geom = make()
         assert raw.dtype == torch.uint8 and raw.shape == (3, 40, 40)
         assert torch.equal(raw, (warp * 255).round().to(torch.uint8))  # no colour change at all
@@ -30,26 +31,30 @@ def test_device_views_are_the_geometric_warp_in_uint8_with_the_full_pipelines_ge
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def test_device_views_ignore_normalize_and_uint8():
+def test_device_views_are_uint8_and_refuse_any_other_output():
     img = noise_image()
     outputs = []
-    for normalize in (True, False):
-        for uint8 in (True, False):
-            view = byol_view(2, size=32, photometric="device", normalize=normalize, uint8=uint8)
-            outputs.append(view(img, generator=torch.Generator().manual_seed(3))[0])
+    for output in (None, "uint8"):
+        torch.manual_seed(3)
+        outputs.append(byol_view(2, size=32, photometric="device", output=output)(img)[0])
     assert all(out.dtype == torch.uint8 and torch.equal(out, outputs[0]) for out in outputs)
+    for output in ("float", "normalized"):
+        with pytest.raises(ValueError, match="photometric='device'"):
+            byol_view(2, size=32, photometric="device", output=output)
 
 
 def test_two_view_transform_passes_photometric_to_both_views():
     img = noise_image()
     device = TwoViewTransform.byol(size=32, photometric="device")
-    x1, x2, g1, g2 = device(img, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    x1, x2, g1, g2 = device(img)
     assert x1.dtype == x2.dtype == torch.uint8 and x1.shape == x2.shape == (3, 32, 32)
     assert device.view1.photometric is None and device.view2.photometric is None
-    full = TwoViewTransform.byol(size=32, uint8=True)
+    full = TwoViewTransform.byol(size=32, output="uint8")
     assert full.view1.photometric is not None and full.view2.photometric is not None
-    plain = TwoViewTransform.byol(size=32, photometric=False, uint8=True)
-    y1, y2, h1, h2 = plain(img, generator=torch.Generator().manual_seed(0))
+    plain = TwoViewTransform.byol(size=32, photometric=False, output="uint8")
+    torch.manual_seed(0)
+    y1, y2, h1, h2 = plain(img)
     assert torch.equal(x1, y1) and torch.equal(x2, y2) and torch.equal(g2.crop, h2.crop)
 
 
@@ -81,10 +86,11 @@ PROBES = {
 def test_workers_plus_device_match_the_per_image_pipeline_in_distribution(name):
     """Geometry-only uint8 views + BatchPhotometric against the full per-image pipeline, many draws of one image."""
     view, img, statistic = PROBES[name]
-    n, generator = 1000, torch.Generator().manual_seed(0)
-    raw = torch.stack([byol_view(view, size=16, photometric="device")(img, generator=generator)[0] for _ in range(n)])
+    n = 1000
+    torch.manual_seed(0)
+    raw = torch.stack([byol_view(view, size=16, photometric="device")(img)[0] for _ in range(n)])
     batched = statistic(BatchPhotometric(view=view, normalize=False)(raw, generator=torch.Generator().manual_seed(1)))
-    per_image = statistic(torch.stack([byol_view(view, size=16, normalize=False)(img, generator=generator)[0] for _ in range(n)]))
+    per_image = statistic(torch.stack([byol_view(view, size=16, output="float")(img)[0] for _ in range(n)]))
     standard_error = ((batched.var() + per_image.var()) / n).sqrt().item()
     # The per-image steps round to 8 bits after each step, a bias of up to a few levels.
     assert abs(batched.mean().item() - per_image.mean().item()) < 4 * standard_error + 0.01

@@ -117,6 +117,23 @@ def test_sources_agree_module_trunk_ddp_prefix_and_torchvision_dict() -> None:
     assert resnet_arch(reference) == "resnet18"
 
 
+def test_wrapper_prefixes_stripped_nested_mixed_and_inside_keys_in_order() -> None:
+    reference = to_torchvision(_randomised("resnet18"))
+    keys = list(reference)
+    # DDP around compile, compile around DDP, DDP twice, a compiled trunk inside the model.
+    prefixes = ["module._orig_mod.", "_orig_mod.module.", "module.module.", "", "module."]
+    mixed = {}
+    for i, key in enumerate(keys):
+        head = prefixes[i % len(prefixes)]
+        mixed[f"{head}trunk._orig_mod.body.{key}" if i % 7 == 0 else f"{head}trunk.body.{key}"] = reference[key]
+    frozen = dict(mixed)
+    got = backbone_state_dict({"model": mixed})
+    assert list(got) == keys and all(torch.equal(got[k], reference[k]) for k in keys)  # same order too
+    assert mixed == frozen and list(mixed) == list(frozen)  # the caller's dict is left as it was
+    compiled = torch.nn.DataParallel(torch.compile(_randomised("resnet18")))  # compiles lazily: nothing runs
+    assert list(backbone_state_dict(compiled)) == keys
+
+
 def test_scrl_module_exports_its_online_trunk() -> None:
     scrl = pytest.importorskip("scrl")
     if not hasattr(scrl, "SCRL"):

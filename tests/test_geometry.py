@@ -78,3 +78,18 @@ def test_full_rejects_empty_image():
     with pytest.raises(ValueError, match="width=0"):
         ViewGeometry.full(0, 10)
 
+
+
+def test_to_casts_crop_and_size_keeps_the_flip_and_moves_asynchronously():
+    batch = default_collate([random_geometry(torch.Generator().manual_seed(i)) for i in range(3)])
+    single = batch.to(dtype=torch.float32)
+    assert single.crop.dtype == single.size.dtype == torch.float32 and single.flipped.dtype == torch.bool
+    assert torch.equal(single.flipped, batch.flipped) and torch.equal(single.crop, batch.crop.float())
+    same = batch.to("cpu", non_blocking=True)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(same, batch))
+    with pytest.raises(ValueError, match="dtype"):
+        batch.to(dtype=torch.int64)
+    if torch.cuda.is_available():
+        pinned = ViewGeometry(*(t.pin_memory() for t in batch))
+        moved = pinned.to("cuda", non_blocking=True)
+        assert all(t.is_cuda for t in moved) and all(torch.equal(a.cpu(), b) for a, b in zip(moved, batch))

@@ -55,6 +55,18 @@ def test_zero_valid_pairs_give_exactly_zero_with_gradients_to_every_online_param
     assert z.grad is None  # targets are constants
 
 
+def test_without_a_mask_scrl_loss_is_byol_loss_and_equals_an_all_true_mask():
+    torch.manual_seed(5)
+    rows = [t.requires_grad_() for t in torch.randn(4, 7, 16).unbind(0)]
+    plain = scrl_loss(*rows, None)
+    assert torch.equal(plain, byol_loss(*rows))
+    masked = scrl_loss(*rows, torch.ones(7, dtype=torch.bool))
+    torch.testing.assert_close(masked, plain, rtol=1e-6, atol=0)
+    plain_grads = torch.autograd.grad(plain, [rows[0], rows[2]])
+    masked_grads = torch.autograd.grad(masked, [rows[0], rows[2]])
+    torch.testing.assert_close(masked_grads, plain_grads, rtol=1e-6, atol=0)
+
+
 def test_gradient_never_reaches_the_targets():
     q, z = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
     byol_loss(q, z, q, z).backward()

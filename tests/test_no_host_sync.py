@@ -8,7 +8,6 @@ from host data is a host-to-device copy). With a GPU the same step also runs und
 ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
-import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from scrl import BYOL, LARS, SCRL, ViewGeometry, lars_param_groups
 from scrl.data.two_view import TwoViewBatch
+from scrl.train import PretrainConfig, Pretrainer
 from scrl.train.telemetry import DeviceMeans, NonFiniteWatch
 from scrl.transforms import BatchPhotometric
 
@@ -203,12 +203,8 @@ def test_training_step_has_no_host_sync_on_cuda(cls):
     assert torch.isfinite(logs["loss"]).item()
 
 
-def test_pretraining_script_reads_values_only_at_logging_steps(tmp_path, monkeypatch):
-    """Every host read of a run of examples/pretrain_imagenet.py, attributed to the step it follows."""
-    path = Path(__file__).resolve().parents[1] / "examples" / "pretrain_imagenet.py"
-    spec = importlib.util.spec_from_file_location("pretrain_imagenet", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_pretraining_reads_values_only_at_logging_steps(tmp_path, monkeypatch):
+    """Every host read of a run of scrl.train.Pretrainer, attributed to the step it follows."""
     reads: dict[int, list[str]] = {}
     guard = HostSyncGuard(lambda what: reads[len(reads)].append(what))
     to = TwoViewBatch.to
@@ -221,11 +217,10 @@ def test_pretraining_script_reads_values_only_at_logging_steps(tmp_path, monkeyp
 
     monkeypatch.setattr(TwoViewBatch, "to", start_of_step)
     try:
-        summary = script.main([
-            "--device", "cpu", "--arch", "resnet18", "--image-size", "64", "--batch-size", "4", "--synthetic-images", "24",
-            "--projector-hidden", "32", "--projection-dim", "16", "--epochs", "1", "--log-every", "3", "--workers", "2",
-            "--augment-on-device", "--output-dir", str(tmp_path),
-        ])
+        summary = Pretrainer(PretrainConfig(
+            device="cpu", arch="resnet18", image_size=64, batch_size=4, synthetic_images=24, projector_hidden=32,
+            projection_dim=16, epochs=1, log_every=3, workers=2, augment_on_device=True, output_dir=str(tmp_path),
+        )).run()
     finally:
         guard.__exit__(None, None, None)
     assert summary["step"] == 6 and sorted(reads) == [1, 2, 3, 4, 5, 6]

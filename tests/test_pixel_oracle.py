@@ -73,8 +73,9 @@ def filter_slack(interpolation: InterpolationMode, geom, source_points: torch.Te
 @pytest.mark.parametrize("size", VIEW_SIZES, ids=str)
 @pytest.mark.parametrize("seed", range(16))
 def test_every_view_pixel_shows_the_source_point_its_geometry_predicts(seed, size, interpolation):
-    view_fn = byol_view(1 + seed % 2, size=size, photometric=False, uint8=True, interpolation=interpolation)
-    view, geom = view_fn(coordinate_image(), generator=torch.Generator().manual_seed(seed))
+    view_fn = byol_view(1 + seed % 2, size=size, photometric=False, output="uint8", interpolation=interpolation)
+    torch.manual_seed(seed)
+    view, geom = view_fn(coordinate_image())
     height, width = size
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     centres = torch.stack([cols, rows], dim=-1).reshape(-1, 2).double() + 0.5
@@ -89,14 +90,14 @@ def test_every_view_pixel_shows_the_source_point_its_geometry_predicts(seed, siz
 @pytest.mark.parametrize("seed", range(30))
 def test_matched_boxes_show_the_same_source_points_in_both_views(seed, interpolation):
     size = VIEW_SIZES[0]
-    generator = torch.Generator().manual_seed(seed)
     image = coordinate_image()
     transform = TwoViewTransform(
-        byol_view(1, size, photometric=False, uint8=True, interpolation=interpolation),
-        byol_view(2, size, photometric=False, uint8=True, interpolation=interpolation),
+        byol_view(1, size, photometric=False, output="uint8", interpolation=interpolation),
+        byol_view(2, size, photometric=False, output="uint8", interpolation=interpolation),
     )
-    view1, view2, geom1, geom2 = transform(image, generator=generator)
-    pairs = BoxPairSampler(num_boxes=10, min_size=16)(geom1, geom2, generator=generator)
+    torch.manual_seed(seed)
+    view1, view2, geom1, geom2 = transform(image)
+    pairs = BoxPairSampler(num_boxes=10, min_size=16)(geom1, geom2, generator=torch.Generator().manual_seed(seed))
     valid = pairs.valid[0]
     assert valid.sum() >= 5  # crops of >= 20 % of this small image overlap widely: the test is never vacuous
     # The centre and points near the corners, as fractions of each box (a, b).
@@ -124,17 +125,17 @@ def test_matched_boxes_show_the_same_source_points_in_both_views(seed, interpola
 @pytest.mark.parametrize("seed", range(10))
 def test_chained_crops_and_flips_keep_the_pixels_and_geometry_in_step(seed):
     # Crop, flip, crop again, flip again: every step composes the recorded geometry.
-    generator = torch.Generator().manual_seed(seed)
     steps = [
         RandomResizedCrop((150, 150), (0.4, 1.0), interpolation=InterpolationMode.NEAREST),
         RandomHorizontalFlip(0.5),
         RandomResizedCrop((100, 120), (0.4, 1.0), interpolation=InterpolationMode.NEAREST),
         RandomHorizontalFlip(0.5),
     ]
-    image, geom = steps[0](coordinate_image(), generator=generator)
+    torch.manual_seed(seed)
+    image, geom = steps[0](coordinate_image())
     first_scale = geom.scale
     for step in steps[1:]:
-        image, geom = step(image, geom, generator=generator)
+        image, geom = step(image, geom)
     view = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
     rows, cols = torch.meshgrid(torch.arange(100), torch.arange(120), indexing="ij")
     centres = torch.stack([cols, rows], dim=-1).reshape(-1, 2).double() + 0.5

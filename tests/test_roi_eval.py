@@ -148,7 +148,13 @@ def test_cross_view_retrieval_informative_vs_constant() -> None:
     constant = cross_view_retrieval(Trunk(ConstantMap(), stride=8, channels=8, cell_offset=4.0), scenes, **kwargs)
     assert informative.queries == constant.queries > 20
     assert informative.top1 > 2 * informative.chance and informative.top1 > constant.top1
+    state = torch.get_rng_state()
     assert informative == cross_view_retrieval(texture_trunk(), scenes, **kwargs)  # seeded
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream is left alone
+    other = cross_view_retrieval(texture_trunk(), scenes, **{**kwargs, "seed": 1})
+    assert other != informative and other.top1 > 2 * other.chance
+    with pytest.raises(ValueError, match="seed"):
+        cross_view_retrieval(texture_trunk(), scenes, **{**kwargs, "seed": -1})
 
 
 def test_roi_probe_leaves_the_trunk_alone_and_stages_concatenate() -> None:

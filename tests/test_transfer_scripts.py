@@ -14,6 +14,7 @@ import torch
 import torchvision
 
 from scrl.data import SyntheticScenes
+from scrl.train import PretrainConfig, Pretrainer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -27,14 +28,12 @@ def load_script(name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint as examples/pretrain_imagenet.py writes it: one real step of SCRL on synthetic scenes."""
+    """A checkpoint as a pretraining run writes it: one real step of SCRL on synthetic scenes."""
     out = tmp_path_factory.mktemp("pretrain")
-    pretrain = load_script("pretrain_imagenet")
-    pretrain.main(
-        ["--method", "scrl", "--arch", "resnet18", "--epochs", "1", "--max-steps", "1", "--synthetic-images", "8",
-         "--batch-size", "4", "--image-size", "32", "--num-boxes", "2", "--projector-hidden", "32",
-         "--projection-dim", "16", "--workers", "0", "--device", "cpu", "--output-dir", str(out), "--resume", "none"]
-    )
+    Pretrainer(PretrainConfig(
+        method="scrl", arch="resnet18", epochs=1, max_steps=1, synthetic_images=8, batch_size=4, image_size=32, num_boxes=2,
+        projector_hidden=32, projection_dim=16, workers=0, device="cpu", output_dir=str(out), resume="none",
+    )).run()
     return out / "checkpoint_last.pth"
 
 
@@ -106,6 +105,27 @@ def test_roi_linear_eval_script_on_checkpoint_and_yolo(checkpoint: Path, tmp_pat
     random = evaluate.main(["--checkpoint", "random", "--arch", "resnet18", "--data", "synthetic:8", "--image-size", "64",
                             "--epochs", "2", "--seeds", "1", "--workers", "0", "--batch-size", "4"])
     assert random["arch"] == "resnet18" and random["num_classes"] == 18
+
+
+def test_detection_data_mirrors_image_and_boxes_together() -> None:
+    finetune = load_script("finetune_detection")
+    scenes = SyntheticScenes(12, image_size=64, seed=4)
+    plain, mirrored = finetune.DetectionData(scenes, hflip=False), finetune.DetectionData(scenes, hflip=True)
+    torch.manual_seed(0)
+    flips = 0
+    for i in range(len(scenes)):
+        pixels, target = plain[i]
+        got, got_target = mirrored[i]
+        boxes = target["boxes"]
+        assert torch.equal(got_target["labels"], target["labels"]) and target["labels"].min() >= 1  # 0 is background
+        if torch.equal(got, pixels):
+            assert torch.equal(got_target["boxes"], boxes)
+            continue
+        flips += 1
+        assert torch.equal(got, pixels.flip(-1))
+        expected = torch.stack([64 - boxes[:, 2], boxes[:, 1], 64 - boxes[:, 0], boxes[:, 3]], dim=1)
+        assert torch.equal(got_target["boxes"], expected)
+    assert 0 < flips < len(scenes)
 
 
 def test_finetune_detection_yolo_without_ap(checkpoint: Path, tmp_path: Path) -> None:

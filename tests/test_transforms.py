@@ -23,7 +23,7 @@ from scrl.transforms import (
     blur_kernel_size,
     byol_photometric,
     byol_view,
-    normalize_uint8,
+    normalize_images,
     random_resized_crop_params,
     to_rgb,
 )
@@ -41,19 +41,19 @@ def test_crop_params_match_torchvision_draw_for_draw(size, scale):
     width, height = size
     img = Image.new("RGB", size)
     ratio = (3 / 4, 4 / 3)
-    generator = torch.Generator()
     for seed in range(20):
         torch.manual_seed(seed)
         i, j, h, w = T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
-        box = random_resized_crop_params(width, height, scale, ratio, generator.manual_seed(seed))
+        torch.manual_seed(seed)
+        box = random_resized_crop_params(width, height, scale, ratio)
         assert box == (j, i, j + w, i + h)
 
 
 def test_crop_params_cover_the_scale_and_ratio_ranges():
     # A square image keeps the ratio distribution symmetric: every crop that fits one way fits the other.
     width, height, scale, ratio = 400, 400, (0.2, 1.0), (3 / 4, 4 / 3)
-    generator = torch.Generator().manual_seed(0)
-    boxes = torch.tensor([random_resized_crop_params(width, height, scale, ratio, generator) for _ in range(3000)])
+    torch.manual_seed(0)
+    boxes = torch.tensor([random_resized_crop_params(width, height, scale, ratio) for _ in range(3000)])
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
     assert (w >= 1).all() and (h >= 1).all()
@@ -72,19 +72,19 @@ def test_default_crop_scale_is_scrls_not_byols():
     assert inspect.signature(random_resized_crop_params).parameters["scale"].default == (0.2, 1.0)
     assert RandomResizedCrop(8).scale == (0.2, 1.0)
     # On a 1000 x 1000 image rounding the sides to whole pixels moves the area fraction by < 0.001.
-    generator = torch.Generator().manual_seed(0)
-    boxes = torch.tensor([random_resized_crop_params(1000, 1000, generator=generator) for _ in range(2000)])
+    torch.manual_seed(0)
+    boxes = torch.tensor([random_resized_crop_params(1000, 1000) for _ in range(2000)])
     fraction = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 1e6
     assert 0.2 - 1e-3 <= fraction.min() < 0.22
     img = Image.new("RGB", (1000, 1000))
-    crops = torch.stack([RandomResizedCrop(8)(img, generator=generator)[1].crop for _ in range(500)])
+    crops = torch.stack([RandomResizedCrop(8)(img)[1].crop for _ in range(500)])
     fraction = (crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]) / 1e6
     assert 0.2 - 1e-3 <= fraction.min() < 0.25
 
 
 def test_crop_falls_back_to_a_ratio_clamped_centre_crop():
     # No 10%-area crop of a 1000x10 strip has a ratio <= 4/3 and fits: centre crop 13x10.
-    assert random_resized_crop_params(1000, 10, (0.9, 1.0), generator=torch.Generator()) == (493.0, 0.0, 506.0, 10.0)
+    assert random_resized_crop_params(1000, 10, (0.9, 1.0)) == (493.0, 0.0, 506.0, 10.0)
 
 
 # ---------------------------------------------------------------- geometric steps
@@ -99,12 +99,13 @@ def test_geometric_view_equals_torchvision_pipeline(interpolation):
     torchvision's crop-then-resize repeats the crop's edge pixels (nearest has no border).
     """
     img = noise_image(320, 240)
-    view = byol_view(1, size=64, photometric=False, normalize=False, interpolation=interpolation)
+    view = byol_view(1, size=64, photometric=False, output="float", interpolation=interpolation)
     plain = T.Compose(
         [T.RandomResizedCrop(64, (0.2, 1.0), interpolation=interpolation), T.RandomHorizontalFlip(), T.ToTensor()]
     )
     for seed in range(10):
-        x, geom = view(img, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        x, geom = view(img)
         torch.manual_seed(seed)
         y = plain(img)
         border = 0 if interpolation == InterpolationMode.NEAREST else 4  # crops >= 143 px: filter reach < 3 view px
@@ -121,7 +122,8 @@ def test_geometry_round_trips_source_view_source():
     img = noise_image(300, 200)
     view = byol_view(2, size=(48, 80), photometric=False)
     for seed in range(50):
-        _, geom = view(img, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        _, geom = view(img)
         x0, y0, x1, y1 = geom.crop.tolist()
         corner = torch.rand(2, 20, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         low = torch.minimum(corner[0], corner[1]) * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
@@ -139,13 +141,14 @@ def test_chained_steps_compose_geometry():
     img = noise_image(300, 200)
     first = RandomResizedCrop((120, 150), scale=(0.5, 1.0))
     second = RandomResizedCrop((40, 40), scale=(0.3, 1.0))
-    generator = torch.Generator().manual_seed(3)
-    view, geom = first(img, generator=generator)
+    torch.manual_seed(3)
+    view, geom = first(img)
     view, geom = RandomHorizontalFlip(1.0)(view, geom)
-    view, geom = second(view, geom, generator=generator)
-    generator.manual_seed(3)
-    box_a = random_resized_crop_params(300, 200, (0.5, 1.0), generator=generator)
-    box_b = random_resized_crop_params(150, 120, (0.3, 1.0), generator=generator)
+    view, geom = second(view, geom)
+    torch.manual_seed(3)
+    box_a = random_resized_crop_params(300, 200, (0.5, 1.0))
+    torch.rand(1)  # the flip's draw
+    box_b = random_resized_crop_params(150, 120, (0.3, 1.0))
     expected = ViewGeometry.full(300, 200).crop_to(box_a).resize(120, 150).hflip().crop_to(box_b).resize(40, 40)
     for got, want in zip(geom, expected):
         torch.testing.assert_close(got, want)
@@ -154,8 +157,8 @@ def test_chained_steps_compose_geometry():
 
 def test_flip_frequency_and_extremes():
     img = Image.new("RGB", (4, 4))
-    generator = torch.Generator().manual_seed(0)
-    flips = [bool(RandomHorizontalFlip(0.5)(img, generator=generator)[1].flipped) for _ in range(4000)]
+    torch.manual_seed(0)
+    flips = [bool(RandomHorizontalFlip(0.5)(img)[1].flipped) for _ in range(4000)]
     assert abs(np.mean(flips) - 0.5) < 0.04  # 5 binomial standard deviations
     assert not any(RandomHorizontalFlip(0.0)(img)[1].flipped for _ in range(50))
     assert all(RandomHorizontalFlip(1.0)(img)[1].flipped for _ in range(50))
@@ -170,14 +173,14 @@ def test_flip_mirrors_pixels_and_geometry():
 
 
 # ---------------------------------------------------------------- randomness
-def test_generator_makes_views_reproducible_and_leaves_global_rng_alone():
+def test_global_rng_seed_makes_views_reproducible():
     img = noise_image()
     transform = TwoViewTransform.byol(size=48)
-    state = torch.get_rng_state()
-    first = transform(img, generator=torch.Generator().manual_seed(7))
-    second = transform(img, generator=torch.Generator().manual_seed(7))
-    other = transform(img, generator=torch.Generator().manual_seed(8))
-    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(7)
+    first = transform(img)
+    torch.manual_seed(7)
+    second = transform(img)
+    other = transform(img)
     for a, b in zip(first[:2], second[:2]):
         assert torch.equal(a, b)
     for a, b in zip(first[2:], second[2:]):
@@ -185,22 +188,25 @@ def test_generator_makes_views_reproducible_and_leaves_global_rng_alone():
     assert not torch.equal(first[0], other[0])
 
 
-def test_global_rng_seed_makes_views_reproducible():
-    img = noise_image()
-    transform = TwoViewTransform.byol(size=48)
-    torch.manual_seed(1)
-    first = transform(img)
-    torch.manual_seed(1)
-    second = transform(img)
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert torch.equal(first[2].crop, second[2].crop)
+def test_worker_side_transforms_take_no_generator():
+    # One randomness rule: PIL-side steps draw from the global RNG, which TwoViewDataset seeds per sample.
+    for fn in (
+        random_resized_crop_params,
+        RandomResizedCrop.forward,
+        RandomHorizontalFlip.forward,
+        ViewTransform.forward,
+        TwoViewTransform.forward,
+    ):
+        assert "generator" not in inspect.signature(fn).parameters, fn.__qualname__
 
 
 def test_transform_pickles_for_dataloader_workers():
     transform = pickle.loads(pickle.dumps(TwoViewTransform.byol(size=32)))
     img = noise_image()
-    a = transform(img, generator=torch.Generator().manual_seed(0))
-    b = TwoViewTransform.byol(size=32)(img, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    a = transform(img)
+    torch.manual_seed(0)
+    b = TwoViewTransform.byol(size=32)(img)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -230,9 +236,10 @@ def test_photometric_steps_follow_table_a1():
 
 def test_photometric_steps_change_pixels_not_geometry():
     img = noise_image()
-    geometric_only = byol_view(1, size=48, photometric=False, normalize=False)
-    plain, g_plain = geometric_only(img, generator=torch.Generator().manual_seed(0))
-    noisy, g_noisy = byol_view(1, size=48, normalize=False)(img, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    plain, g_plain = byol_view(1, size=48, photometric=False, output="float")(img)
+    torch.manual_seed(0)
+    noisy, g_noisy = byol_view(1, size=48, output="float")(img)
     assert torch.equal(g_plain.crop, g_noisy.crop) and torch.equal(g_plain.flipped, g_noisy.flipped)
     assert not torch.equal(plain, noisy)
     assert noisy.std() < plain.std()  # view 1 is always blurred: noise is smoothed
@@ -258,50 +265,98 @@ def test_blur_kernel_is_odd_and_about_a_tenth_of_the_side():
 # ---------------------------------------------------------------- outputs
 def test_output_kinds_agree():
     img = noise_image()
-    seed = 5
-    unit, _ = byol_view(2, size=40, normalize=False)(img, generator=torch.Generator().manual_seed(seed))
-    normed, _ = byol_view(2, size=40)(img, generator=torch.Generator().manual_seed(seed))
-    raw, geom = byol_view(2, size=40, uint8=True)(img, generator=torch.Generator().manual_seed(seed))
+    made = {}
+    for output in ("float", "normalized", "uint8"):
+        torch.manual_seed(5)
+        made[output] = byol_view(2, size=40, output=output)(img)
+    (unit, _), (normed, _), (raw, geom) = made["float"], made["normalized"], made["uint8"]
     assert unit.dtype == normed.dtype == torch.float32 and raw.dtype == torch.uint8
     assert raw.shape == unit.shape == normed.shape == (3, 40, 40)
     assert 0 <= unit.min() and unit.max() <= 1
     assert torch.equal(raw, (unit * 255).round().to(torch.uint8))
     torch.testing.assert_close(normed, F.normalize(unit, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
-    torch.testing.assert_close(normalize_uint8(raw[None])[0], normed, rtol=0, atol=1e-5)
+    # Normalised in the worker or as uint8 on the device: the same bits.
+    assert torch.equal(normalize_images(raw[None])[0], normed)
     assert isinstance(geom, ViewGeometry)
+    torch.manual_seed(5)
+    assert torch.equal(byol_view(2, size=40)(img)[0], normed)  # output=None means "normalized"
 
 
-def test_normalize_uint8_matches_torchvision_and_keeps_shape_device_dtype():
+def test_output_none_follows_where_the_photometric_steps_run():
+    assert byol_view(1).output == "normalized" and byol_view(1, photometric=False).output == "normalized"
+    assert byol_view(1, photometric="device").output == "uint8"
+    assert byol_view(1, photometric="device", output="uint8").output == "uint8"
+    transform = TwoViewTransform.byol(photometric=False, output="float")
+    assert transform.view1.output == transform.view2.output == "float"
+
+
+@pytest.mark.parametrize("output", ["float", "normalized"])
+def test_device_photometric_refuses_other_outputs_saying_why(output):
+    with pytest.raises(ValueError, match="output must be 'uint8'.*BatchPhotometric"):
+        byol_view(1, photometric="device", output=output)
+    with pytest.raises(ValueError, match="output"):
+        TwoViewTransform.byol(photometric="device", output=output)
+
+
+@pytest.mark.parametrize("output", ["uint", "normalised", "", None])
+def test_bad_output_raises_naming_the_choices(output):
+    with pytest.raises(ValueError, match="output must be one of 'normalized', 'float', 'uint8'"):
+        ViewTransform([], output=output)
+    if output is not None:  # None is byol_view's default
+        with pytest.raises(ValueError, match="output"):
+            byol_view(1, output=output)
+
+
+def _old_uint8_affine(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8-bit scale and shift as the training runs computed them: float64, rounded once."""
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)[:, None, None]
+    return (1.0 / (255.0 * std)).to(dtype), (-mean / std).to(dtype)
+
+
+def test_normalize_images_matches_torchvision_for_uint8_and_float_any_leading_dims():
     batch = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
-    want = F.normalize(batch.float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    torch.testing.assert_close(normalize_uint8(batch), want, rtol=0, atol=1e-5)
-    torch.testing.assert_close(normalize_uint8(batch[0]), want[0], rtol=0, atol=1e-5)
-    assert normalize_uint8(batch, dtype=torch.float64).dtype == torch.float64
-    assert normalize_uint8(batch, dtype=torch.bfloat16).dtype == torch.bfloat16
-    torch.testing.assert_close(normalize_uint8(batch, mean=(0.5,) * 3, std=(0.5,) * 3), batch.float() / 127.5 - 1)
+    unit = batch.float() / 255
+    want = F.normalize(unit, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    torch.testing.assert_close(normalize_images(batch), want, rtol=0, atol=1e-5)
+    scale, shift = _old_uint8_affine(torch.float32)
+    assert torch.equal(normalize_images(batch), torch.addcmul(shift, batch.float(), scale))  # bit for bit
+    assert torch.equal(normalize_images(unit), want)  # floats: torchvision's arithmetic exactly
+    for images in (batch, unit):
+        assert torch.equal(normalize_images(images[0]), normalize_images(images)[0])  # [3, H, W]
+        nested = images.expand(4, -1, -1, -1, -1)  # [T, B, 3, H, W]
+        assert torch.equal(normalize_images(nested), normalize_images(images).expand(4, -1, -1, -1, -1))
+    before = unit.clone()
+    normalize_images(unit)
+    assert torch.equal(unit, before)  # the input is left alone
+    assert normalize_images(unit.double()).dtype == torch.float32
+    for dtype in (torch.float64, torch.bfloat16):
+        assert normalize_images(batch, dtype=dtype).dtype == normalize_images(unit, dtype=dtype).dtype == dtype
+    torch.testing.assert_close(normalize_images(batch, mean=(0.5,) * 3, std=(0.5,) * 3), batch.float() / 127.5 - 1)
     for bad, match in (
-        (dict(batch=batch.float()), "uint8"),
+        (dict(batch=batch.int()), "uint8"),
         (dict(batch=batch[:, :2]), "C"),
         (dict(batch=batch, std=(0.2, 0.0, 0.2)), "std"),
         (dict(batch=batch, dtype=torch.int32), "dtype"),
     ):
         with pytest.raises(ValueError, match=match):
-            normalize_uint8(**bad)
+            normalize_images(**bad)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_normalize_uint8_on_cuda_matches_cpu_without_host_syncs():
+def test_normalize_images_on_cuda_matches_cpu_without_host_syncs():
     batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    want = normalize_uint8(batch)
-    on_device = batch.cuda()
-    normalize_uint8(on_device)  # the first call puts the constants on the device
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        got = normalize_uint8(on_device)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert got.device == on_device.device
-    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-6)
+    for images in (batch, batch.float() / 255):
+        want = normalize_images(images)
+        on_device = images.cuda()
+        normalize_images(on_device)  # the first call puts the constants on the device
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = normalize_images(on_device)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert got.device == on_device.device
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-6)
 
 
 def test_two_view_transform_accepts_plain_callables():
@@ -327,7 +382,8 @@ def test_every_pil_mode_becomes_an_rgb_view(mode, content):
     img = noise_image(50, 40).convert("RGBA").convert(mode) if content == "noise" else Image.new(mode, (50, 40))
     if mode == "P":
         img.info["transparency"] = 0
-    x1, x2, g1, g2 = TwoViewTransform.byol(size=24)(img, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    x1, x2, g1, g2 = TwoViewTransform.byol(size=24)(img)
     assert x1.shape == x2.shape == (3, 24, 24) and torch.isfinite(x1).all() and torch.isfinite(x2).all()
     assert (g1.crop[2:] <= torch.tensor([50.0, 40.0], dtype=torch.float64)).all()
 
@@ -400,6 +456,6 @@ def test_bad_step_arguments_raise_naming_them():
 
 def test_view_transform_without_geometric_steps_is_the_identity_view():
     img = noise_image(20, 10)
-    x, geom = ViewTransform([], normalize=False)(img)
+    x, geom = ViewTransform([], output="float")(img)
     assert torch.equal(x, F.to_tensor(img))
     assert geom.crop.tolist() == [0.0, 0.0, 20.0, 10.0] and geom.size.tolist() == [10.0, 20.0]

@@ -1,26 +1,34 @@
-"""Datasets: image folders for pretraining, synthetic scenes, and object-box datasets for evaluation."""
+"""Datasets: image folders for pretraining, synthetic scenes, and object-box datasets for evaluation
+(with their square-resized form and the resize/mirror of an image together with its boxes)."""
 
+from .box_warp import hflip_with_boxes, resize_with_boxes
 from .coco import CocoBoxes
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from .label_problems import LabelProblem, LabelWarning
 from .loader import two_view_loader
 from .open_boxes import HELD_OUT_SEED, open_box_dataset
 from .sampler import ResumableSampler
+from .square_boxes import SquareBoxes, collate_square_boxes, square_box_loader
 from .synthetic import SyntheticScenes
 from .two_view import TwoViewBatch, TwoViewDataset, collate_two_views, mix_seed
 from .yolo import YoloBoxes
 
 __all__ = [
     "CocoBoxes",
+    "collate_square_boxes",
     "collate_two_views",
     "HELD_OUT_SEED",
+    "hflip_with_boxes",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "LabelProblem",
     "LabelWarning",
     "mix_seed",
     "open_box_dataset",
+    "resize_with_boxes",
     "ResumableSampler",
+    "square_box_loader",
+    "SquareBoxes",
     "SyntheticScenes",
     "two_view_loader",
     "TwoViewBatch",

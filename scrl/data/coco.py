@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import box_convert
 
 from .image_file import open_rgb
 from .label_problems import LabelProblem, fit_box, report_problems
@@ -119,9 +120,14 @@ class CocoBoxes(Dataset):
         labels: dict[int, list[int]] = {i: [] for i in self.image_ids}
         known_ids = {e.get("id") for e in data["images"] if isinstance(e, dict)}
 
-        for i, ann in enumerate(data.get("annotations", [])):
+        annotations = data.get("annotations", [])
+        checked = [self._check_annotation(ann, known_ids, label_of) for ann in annotations]
+        usable = [i for i, problem in enumerate(checked) if problem is None]
+        # COCO's [x, y, w, h] to corners, in float64 like the JSON numbers, all boxes at once.
+        xywh = torch.tensor([annotations[i]["bbox"] for i in usable], dtype=torch.float64).reshape(-1, 4)
+        corners = dict(zip(usable, box_convert(xywh, "xywh", "xyxy").tolist()))
+        for i, (ann, problem) in enumerate(zip(annotations, checked)):
             where = f"annotations[{i}]" + (f" (id {ann['id']})" if isinstance(ann, dict) and "id" in ann else "")
-            problem = self._check_annotation(ann, known_ids, label_of)
             if problem:
                 self.problems.append(LabelProblem(src, where, problem))
                 continue
@@ -131,9 +137,8 @@ class CocoBoxes(Dataset):
             if ann.get("iscrowd", 0) and not include_crowd:
                 self.num_crowd += 1
                 continue
-            x, y, w, h = (float(v) for v in ann["bbox"])
             width, height = float(images[image_id]["width"]), float(images[image_id]["height"])
-            box, message = fit_box((x, y, x + w, y + h), width, height, tolerance)
+            box, message = fit_box(corners[i], width, height, tolerance)
             if message is not None:
                 self.problems.append(LabelProblem(src, where, message))
             if box is not None:

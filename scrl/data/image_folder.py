@@ -72,6 +72,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[Image.Image, list[str]]:
         """Decode image ``index`` as RGB, or the first readable file after it.
 
+        This is the protocol by which :class:`~scrl.data.TwoViewDataset` reports replaced files:
+        any dataset with a ``load(index) -> (image, skipped paths)`` method is read through it.
+
         Returns:
             ``(image, skipped)``: the PIL RGB image and the paths that were unreadable on the way
             (empty when file ``index`` itself decodes).

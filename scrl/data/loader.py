@@ -22,10 +22,14 @@ def two_view_loader(
     """A :class:`~torch.utils.data.DataLoader` of :class:`~scrl.data.TwoViewBatch` for pretraining.
 
     Incomplete last batches are dropped (static shapes). With ``workers > 0`` the workers stay
-    alive across epochs and each keeps ``prefetch_factor`` batches ready. The loader gets its own
-    ``torch.Generator`` so that creating an iterator never draws from the training process's
-    global RNG (which would make a resumed run diverge); augmentation randomness is fixed per
-    sample by :class:`TwoViewDataset` instead of per worker.
+    alive across epochs and each keeps ``prefetch_factor`` batches ready.
+
+    Randomness: the transforms in the workers draw from the global RNGs, which
+    :class:`TwoViewDataset` seeds per sample from ``(seed, epoch, index)``, so the per-worker
+    seeds the DataLoader hands out never matter and a batch is the same for any number of
+    workers. Those worker seeds come from the loader's own ``torch.Generator``, so that creating
+    an iterator never draws from the training process's global RNG (which would make a resumed
+    run diverge).
 
     Args:
         dataset: the two-view dataset.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.ops import box_iou
 
 __all__ = ["SyntheticScenes", "SHAPES", "TEXTURES"]
 
@@ -116,16 +117,6 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of one box ``a`` [4] with boxes ``b`` [M, 4]."""
-    lt = np.maximum(a[:2], b[:, :2])
-    rb = np.minimum(a[2:], b[:, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a + area_b - inter)
-
-
 class SyntheticScenes(torch.utils.data.Dataset):
     """Scenes of 2-4 textured, coloured shapes on textured backgrounds, with their boxes.
 
@@ -179,7 +170,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         boxes: list[np.ndarray] = []
         labels: list[int] = []
         for _ in range(int(rng.integers(self.objects[0], self.objects[1] + 1))):
-            placed = self._draw_object(img, rng, np.array(boxes).reshape(-1, 4))
+            placed = self._draw_object(img, rng, torch.as_tensor(np.array(boxes, dtype=np.float32).reshape(-1, 4)))
             if placed is not None:
                 boxes.append(placed[0])
                 labels.append(placed[1])
@@ -190,8 +181,11 @@ class SyntheticScenes(torch.utils.data.Dataset):
             torch.as_tensor(labels, dtype=torch.int64),
         )
 
-    def _draw_object(self, img: np.ndarray, rng: np.random.Generator, taken: np.ndarray) -> tuple[np.ndarray, int] | None:
-        """Paint one random object into ``img`` in place; returns its tight box and class, or None."""
+    def _draw_object(self, img: np.ndarray, rng: np.random.Generator, taken: Tensor) -> tuple[np.ndarray, int] | None:
+        """Paint one random object into ``img`` in place; returns its tight box and class, or None.
+
+        ``taken`` holds the boxes already placed, float32 ``[M, 4]``.
+        """
         size = self.image_size
         for _ in range(_PLACEMENT_TRIES):
             side = int(rng.uniform(*_SIZE_RANGE) * size)
@@ -199,7 +193,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
             w, h = max(8, int(side * np.sqrt(aspect))), max(8, int(side / np.sqrt(aspect)))
             x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
             box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
-            if len(taken) == 0 or _box_iou(box, taken).max() <= _MAX_OVERLAP_IOU:
+            if len(taken) == 0 or box_iou(torch.from_numpy(box[None]), taken).max() <= _MAX_OVERLAP_IOU:
                 break
         else:
             return None

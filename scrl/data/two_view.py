@@ -11,7 +11,6 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from ..geometry import ViewGeometry
-from .image_folder import ImageFolderDataset
 
 __all__ = ["TwoViewDataset", "TwoViewBatch", "collate_two_views", "mix_seed"]
 
@@ -51,17 +50,13 @@ class TwoViewBatch(NamedTuple):
     geom2: ViewGeometry
     skipped: tuple[str, ...]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TwoViewBatch":
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "TwoViewBatch":
         """Move views and geometries to ``device`` (asynchronously from pinned memory with ``non_blocking``)."""
-
-        def move(geom: ViewGeometry) -> ViewGeometry:
-            return ViewGeometry(*(t.to(device, non_blocking=non_blocking) for t in geom))
-
         return TwoViewBatch(
             self.view1.to(device, non_blocking=non_blocking),
             self.view2.to(device, non_blocking=non_blocking),
-            move(self.geom1),
-            move(self.geom2),
+            self.geom1.to(device, non_blocking=non_blocking),
+            self.geom2.to(device, non_blocking=non_blocking),
             self.skipped,
         )
 
@@ -81,27 +76,34 @@ def collate_two_views(items: Sequence[tuple[Tensor, Tensor, ViewGeometry, ViewGe
 class TwoViewDataset(Dataset):
     """Applies a two-view transform to the images of a dataset, with randomness fixed per sample.
 
-    The augmentation randomness of a sample is seeded from ``(seed, epoch, index)``
-    (:func:`mix_seed`), so a sample looks the same whichever worker, process or resumed run
-    produces it, and the number of workers does not change the training run. Keys are
-    ``(epoch, index)`` tuples as yielded by :class:`~scrl.data.ResumableSampler`, or plain
-    indices (epoch 0).
+    This is where the library's one randomness rule for worker-side transforms is enforced
+    (:mod:`scrl.transforms`): the transform takes no generator and draws from the global RNGs,
+    and for each sample those are seeded from ``(seed, epoch, index)`` (:func:`mix_seed`):
+    torch's CPU RNG, Python's ``random`` and NumPy's, the last two for third-party transforms.
+    They are restored afterwards, so the caller's streams are left untouched (with
+    ``workers=0`` the transform runs in the training process). A sample therefore looks the
+    same whichever worker, process or resumed run produces it, and the number of workers does
+    not change the training run. Keys are ``(epoch, index)`` tuples as yielded by
+    :class:`~scrl.data.ResumableSampler`, or plain indices (epoch 0).
 
-    Images come from ``dataset[index]``: the item itself when it is an image, or its first
-    element for object-box datasets (``(image, boxes, labels)``). For an
-    :class:`ImageFolderDataset`, unreadable files are replaced and reported in the item.
+    Images come from the dataset by a duck-typed protocol. A dataset that replaces unreadable
+    files (such as :class:`~scrl.data.ImageFolderDataset`) exposes
+    ``load(index) -> (PIL image, list of skipped paths)``, and the skipped paths are reported
+    in the item. Any other dataset is read as ``dataset[index]``: the item itself when it is an
+    image, or its first element when it is a tuple (object-box datasets give
+    ``(image, boxes, labels)``).
 
     Args:
         dataset: an image dataset (see above).
         transform: ``image -> (view1, view2, geom1, geom2)``, e.g.
-            ``scrl.TwoViewTransform.byol(size=224, uint8=True)``.
-        seed: base seed of the augmentations.
+            ``scrl.TwoViewTransform.byol(size=224, photometric="device")``.
+        seed: base seed of the augmentations, >= 0.
 
     Each item is ``(view1, view2, geom1, geom2, skipped_paths)``; batch them with
     :func:`collate_two_views`.
 
     Example:
-        >>> ds = TwoViewDataset(SyntheticScenes(512), TwoViewTransform.byol(size=96, uint8=True), seed=0)
+        >>> ds = TwoViewDataset(SyntheticScenes(512), TwoViewTransform.byol(size=96, output="uint8"), seed=0)
         >>> loader = DataLoader(ds, batch_size=32, sampler=ResumableSampler(ds, 1, 0), collate_fn=collate_two_views)
         >>> next(iter(loader)).view1.shape, next(iter(loader)).view1.dtype
         (torch.Size([32, 3, 96, 96]), torch.uint8)
@@ -118,8 +120,9 @@ class TwoViewDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def _image(self, index: int) -> tuple[Any, tuple[str, ...]]:
-        if isinstance(self.dataset, ImageFolderDataset):
-            image, skipped = self.dataset.load(index)
+        load = getattr(self.dataset, "load", None)
+        if callable(load):
+            image, skipped = load(index)
             return image, tuple(skipped)
         item = self.dataset[index]
         return (item[0] if isinstance(item, tuple) else item), ()

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import box_convert
 
 from .image_folder import IMAGE_EXTENSIONS
 from .image_file import open_rgb
@@ -77,6 +78,37 @@ def _find_class_names(root: Path) -> list[str] | None:
     return None
 
 
+def _read_labels(path: Path, num_classes: int | None) -> list[tuple[str, int, tuple[float, ...]] | LabelProblem]:
+    """The lines of a label file in order: ``(where, class, (cx, cy, w, h))`` when well-formed, else the problem.
+
+    A missing file is an image without objects (no lines).
+    """
+    if not path.is_file():
+        return []
+    lines: list[tuple[str, int, tuple[float, ...]] | LabelProblem] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"line {number}"
+        if len(fields) != 5:
+            message = f"expected 'class cx cy w h', got {len(fields)} fields; skipped"
+            lines.append(LabelProblem(str(path), where, message))
+            continue
+        try:
+            cls = int(fields[0])
+            cxcywh = tuple(float(v) for v in fields[1:])
+        except ValueError:
+            lines.append(LabelProblem(str(path), where, f"not numbers: {line.strip()!r}; skipped"))
+            continue
+        if cls < 0 or (num_classes is not None and cls >= num_classes):
+            allowed = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            lines.append(LabelProblem(str(path), where, f"class id {cls} not in {allowed}; skipped"))
+            continue
+        lines.append((where, cls, cxcywh))
+    return lines
+
+
 class YoloBoxes(Dataset):
     """Object boxes from a YOLO-format folder.
 
@@ -128,13 +160,29 @@ class YoloBoxes(Dataset):
             p for p in image_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         images_by_stem = {p.relative_to(image_dir).with_suffix(""): p for p in self.image_paths}
+        label_paths = [label_dir / p.relative_to(image_dir).with_suffix(".txt") for p in self.image_paths]
+        lines = [_read_labels(path, len(names) if names else None) for path in label_paths]
+        # YOLO's (cx, cy, w, h) to corners for every well-formed line of every file at once.
+        centred = [line[2] for per_file in lines for line in per_file if not isinstance(line, LabelProblem)]
+        corners = iter(box_convert(torch.tensor(centred, dtype=torch.float64).reshape(-1, 4), "cxcywh", "xyxy").tolist())
         self._boxes: list[Tensor] = []
         self._labels: list[Tensor] = []
-        for path in self.image_paths:
-            label_path = label_dir / path.relative_to(image_dir).with_suffix(".txt")
-            boxes, labels = self._parse(label_path, tolerance, len(names) if names else None)
-            self._boxes.append(boxes)
-            self._labels.append(labels)
+        for path, per_file in zip(label_paths, lines):
+            boxes: list[tuple[float, ...]] = []
+            labels: list[int] = []
+            for line in per_file:
+                if isinstance(line, LabelProblem):
+                    self.problems.append(line)
+                    continue
+                where, cls, _ = line
+                box, message = fit_box(next(corners), 1.0, 1.0, tolerance)
+                if message is not None:
+                    self.problems.append(LabelProblem(str(path), where, message))
+                if box is not None:
+                    boxes.append(box)
+                    labels.append(cls)
+            self._boxes.append(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            self._labels.append(torch.tensor(labels, dtype=torch.int64))
         if label_dir.is_dir():
             for label_path in sorted(label_dir.rglob("*.txt")):
                 if label_path.relative_to(label_dir).with_suffix("") not in images_by_stem:
@@ -143,39 +191,6 @@ class YoloBoxes(Dataset):
         self.class_names: list[str] = names if names else [str(i) for i in range(max_label + 1)]
         self.num_classes = len(self.class_names)
         report_problems(self.problems, str(self.root), strict)
-
-    def _parse(self, path: Path, tolerance: float, num_classes: int | None) -> tuple[Tensor, Tensor]:
-        boxes: list[tuple[float, ...]] = []
-        labels: list[int] = []
-        if not path.is_file():
-            return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"line {number}"
-            if len(fields) != 5:
-                self.problems.append(
-                    LabelProblem(str(path), where, f"expected 'class cx cy w h', got {len(fields)} fields; skipped")
-                )
-                continue
-            try:
-                cls = int(fields[0])
-                cx, cy, w, h = (float(v) for v in fields[1:])
-            except ValueError:
-                self.problems.append(LabelProblem(str(path), where, f"not numbers: {line.strip()!r}; skipped"))
-                continue
-            if cls < 0 or (num_classes is not None and cls >= num_classes):
-                allowed = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-                self.problems.append(LabelProblem(str(path), where, f"class id {cls} not in {allowed}; skipped"))
-                continue
-            box, message = fit_box((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), 1.0, 1.0, tolerance)
-            if message is not None:
-                self.problems.append(LabelProblem(str(path), where, message))
-            if box is not None:
-                boxes.append(box)
-                labels.append(cls)
-        return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -12,13 +12,14 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from ..box_sampler import BoxPairSampler
 from ..cell_centre import map_cell_geometry
+from ..data.two_view import TwoViewDataset, collate_two_views
 from ..roi_pool import roi_pair_pool
-from ..transforms import byol_view
-from .roi_features import _device_of, _forward
+from ..transforms import TwoViewTransform
+from .trunk_forward import forward_images, module_device
 
 __all__ = ["RetrievalResult", "cross_view_retrieval"]
 
@@ -55,15 +56,19 @@ def cross_view_retrieval(
 ) -> RetrievalResult:
     """Score cross-view retrieval of box features for the images ``indices`` of ``dataset``.
 
-    Each image gets the two SCRL/BYOL views (:func:`~scrl.transforms.byol_view` 1 and 2), box
-    pairs are drawn in their overlap (:class:`~scrl.BoxPairSampler`) and pooled on the trunk's
-    maps with RoIAlign where the trunk's cells are centred, as in pretraining. The trunk runs as given, in eval mode (its mode is
-    restored after); pass a frozen, BatchNorm-adapted copy for a fair comparison.
+    Each image gets the two SCRL/BYOL views (:meth:`~scrl.TwoViewTransform.byol`, made by a
+    :class:`~scrl.data.TwoViewDataset` seeded with ``seed``, so an image's views depend only on
+    ``seed`` and its dataset index), box pairs are drawn in their overlap
+    (:class:`~scrl.BoxPairSampler`, its own generator seeded with ``seed``) and pooled on the
+    trunk's maps with RoIAlign where the trunk's cells are centred, as in pretraining. The trunk
+    runs as given, in eval mode (its mode is restored after); pass a frozen, BatchNorm-adapted
+    copy for a fair comparison. The caller's random streams are left untouched.
 
     Args:
         trunk: a ``Trunk`` (its ``stride`` and ``cell_offset`` place the boxes on its map), or
             any module returning a feature map (stride read off the map, cell offset measured).
-        dataset: items whose first element is a PIL image (box datasets, image folders).
+        dataset: images as :class:`~scrl.data.TwoViewDataset` reads them (box datasets, whose
+            items start with the image; image folders).
         indices: images to use (all when ``None``), split into batches of ``batch_size``.
         view_size: view side in pixels.
         scale: crop area range of the views.
@@ -71,7 +76,7 @@ def cross_view_retrieval(
         num_boxes: box pairs per image.
         min_size: smallest box side in view pixels.
         batch_size: images whose boxes compete as candidates, >= 1.
-        seed: seeds views and boxes, so every trunk is scored on the same pairs.
+        seed: seeds views and boxes, >= 0, so every trunk is scored on the same pairs.
         device: where to run; the trunk's device when ``None``.
         autocast_dtype: e.g. ``torch.bfloat16``.
         channels_last: feed channels-last inputs.
@@ -86,9 +91,9 @@ def cross_view_retrieval(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    device = torch.device(device) if device is not None else _device_of(trunk)
+    device = module_device(trunk, device)
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    views = (byol_view(1, view_size, scale, photometric, uint8=True), byol_view(2, view_size, scale, photometric, uint8=True))
+    views = TwoViewDataset(dataset, TwoViewTransform.byol(view_size, scale, photometric=photometric, output="uint8"), seed)
     sampler = BoxPairSampler(num_boxes=num_boxes, min_size=min_size)
     cells: tuple[int, float] | None = None
     generator = torch.Generator().manual_seed(seed)
@@ -98,14 +103,10 @@ def cross_view_retrieval(
     try:
         with torch.no_grad():
             for start in range(0, len(indices), batch_size):
-                made = []
-                for index in indices[start : start + batch_size]:
-                    image = dataset[index][0]
-                    made.append(tuple(views[v](image, generator=generator) for v in (0, 1)))
-                (x1, g1), (x2, g2) = default_collate(made)
-                pairs = sampler(g1, g2, generator=generator).to(device)
-                map1 = _forward(trunk, x1, device, autocast_dtype, channels_last)
-                map2 = _forward(trunk, x2, device, autocast_dtype, channels_last)
+                batch = collate_two_views([views[index] for index in indices[start : start + batch_size]])
+                pairs = sampler(batch.geom1, batch.geom2, generator=generator).to(device)
+                map1 = forward_images(trunk, batch.view1, device, autocast_dtype, channels_last)
+                map2 = forward_images(trunk, batch.view2, device, autocast_dtype, channels_last)
                 if cells is None:  # where the map's cells sit, found once
                     cells = map_cell_geometry(trunk, view_size, map1.shape[-1])
                 p1, p2, valid = roi_pair_pool(

@@ -17,9 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .bn_adaptation import adapted_trunk
+from .frozen import frozen_copy
 from .knn import knn_predict
 from .linear_head import top1_accuracy, train_linear_head
-from .roi_features import RoIFeatures, _device_of, adapted_trunk, extract_roi_features, frozen_copy
+from .roi_features import RoIFeatures, extract_roi_features
+from .trunk_forward import module_device
 
 __all__ = ["RoIEvalResult", "roi_linear_eval", "roi_probe", "split_by_image"]
 
@@ -155,7 +158,7 @@ def roi_linear_eval(
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     start = time.perf_counter()
-    device = torch.device(device) if device is not None else _device_of(trunk)
+    device = module_device(trunk, device)
     if test_dataset is None:
         train_idx, test_idx = split_by_image(len(dataset), test_fraction, split_seed)
         test_dataset = dataset

@@ -1,20 +1,37 @@
-"""The engine of a pretraining run: optimiser, schedules, checkpoints, processes, stop signals, telemetry."""
+"""The engine of a pretraining run: :class:`PretrainConfig` and :class:`Pretrainer`, and the pieces they
+are made of (optimiser, schedules, checkpoints, processes, stop signals, telemetry)."""
+
+from importlib import import_module
+from typing import Any
 
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import CPU_DEFAULTS, GPU_DEFAULTS, PRESETS, PretrainConfig
 from .lars import LARS, lars_param_groups
 from .schedule import cosine_tau, warmup_cosine, warmup_cosine_factor
 from .stop_signal import StopSignal
 from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
+# The engine imports the method (models, data, evaluation), which imports its schedules from
+# here: importing these on first use keeps ``import scrl`` free of that cycle.
+_LAZY = {name: ".pretrainer" for name in ("BACKBONE_FILE", "Pretrainer", "build_dataset", "build_model", "weights_digest")}
+
 __all__ = [
+    "BACKBONE_FILE",
+    "build_dataset",
+    "build_model",
     "cosine_tau",
+    "CPU_DEFAULTS",
     "DeviceMeans",
+    "GPU_DEFAULTS",
     "LARS",
     "lars_param_groups",
     "latest_checkpoint",
     "load_checkpoint",
     "MetricsLogger",
     "NonFiniteWatch",
+    "PRESETS",
+    "PretrainConfig",
+    "Pretrainer",
     "restore_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -22,4 +39,15 @@ __all__ = [
     "StopSignal",
     "warmup_cosine",
     "warmup_cosine_factor",
+    "weights_digest",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -3,13 +3,23 @@
 Geometric steps (:class:`RandomResizedCrop`, :class:`RandomHorizontalFlip`) take and return
 ``(PIL image, ViewGeometry)``; photometric steps are torchvision's own; :func:`byol_view`
 and :class:`TwoViewTransform` assemble the SCRL/BYOL pipeline. :class:`BatchPhotometric`
-runs the photometric steps on a whole batch on the device instead.
+runs the photometric steps on a whole batch on the device instead, and
+:func:`normalize_images` is the one normalisation of every view, uint8 or float, anywhere.
+
+Randomness follows one rule. The worker-side transforms (everything here that takes a PIL
+image) draw from torch's global RNG and take no generator, like torchvision's own, so that
+they compose with torchvision's; :class:`~scrl.data.TwoViewDataset` seeds that RNG (and
+Python's and NumPy's) per sample from ``(seed, epoch, index)`` and restores it afterwards,
+which makes a run reproducible whatever the number of workers. Outside a dataset, seed it
+yourself (``torch.manual_seed``, or inside ``torch.random.fork_rng()`` to leave the caller's
+stream alone). The batched steps that run where the tensors live, :class:`BatchPhotometric`
+and :class:`~scrl.BoxPairSampler`, take an optional ``torch.Generator`` on that device.
 """
 
 from .batch_photometric import BatchPhotometric
 from .geometric import RandomHorizontalFlip, RandomResizedCrop, random_resized_crop_params, resized_crop
-from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
-from .photometric import GaussianBlur, blur_kernel_size, byol_photometric, global_rng_from
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+from .photometric import GaussianBlur, blur_kernel_size, byol_photometric
 from .rgb import to_rgb
 from .view import TwoViewTransform, ViewTransform, byol_view
 
@@ -25,8 +35,7 @@ __all__ = [
     "blur_kernel_size",
     "byol_photometric",
     "byol_view",
-    "global_rng_from",
-    "normalize_uint8",
+    "normalize_images",
     "random_resized_crop_params",
     "resized_crop",
     "to_rgb",

@@ -11,22 +11,15 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-from .normalize import IMAGENET_MEAN, IMAGENET_STD
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from .photometric import BLUR_P, BLUR_SIGMA, COLOR_JITTER, GRAYSCALE_P, JITTER_P, SOLARIZE_P, blur_kernel_size
 
 __all__ = ["BatchPhotometric", "adjust_hue", "gaussian_blur"]
 
-_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
-
-
 def _per_sample(values: Tensor) -> Tensor:
     return values[:, None, None, None]
-
-
-def _gray(images: Tensor) -> Tensor:
-    r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
-    return (_GRAY_WEIGHTS[0] * r).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2])
 
 
 def adjust_hue(images: Tensor, hue_shift: Tensor) -> Tensor:
@@ -107,7 +100,9 @@ class BatchPhotometric(torch.nn.Module):
         jitter_p, grayscale_p, blur_p, solarize_p: probabilities in ``[0, 1]``; ``blur_p`` and
             ``solarize_p`` default to the view's.
         blur_sigma: ``(low, high)`` sigma range in pixels, ``0 < low <= high``.
-        mean, std: normalisation per channel; ``normalize=False`` returns ``[0, 1]`` floats.
+        normalize: normalise the result with :func:`normalize_images`; ``False`` returns
+            ``[0, 1]`` floats.
+        mean, std: normalisation per channel.
 
     Example:
         >>> augment = BatchPhotometric(view=1)
@@ -156,8 +151,8 @@ class BatchPhotometric(torch.nn.Module):
         self.jitter_p, self.grayscale_p, self.blur_p, self.solarize_p = jitter_p, grayscale_p, blur_p, solarize_p
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None], persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[None, :, None, None], persistent=False)
+        self.mean = tuple(map(float, mean))
+        self.std = tuple(map(float, std))
 
     def sample_parameters(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Draw every per-sample parameter; ``forward`` with these is deterministic.
@@ -212,7 +207,7 @@ class BatchPhotometric(torch.nn.Module):
         if params is None:
             params = self.sample_parameters(x.shape[0], x.device, generator)
         x = self._color_jitter(x, params["factors"], params["order"])
-        x = torch.where(_per_sample(params["grayscale"]), _gray(x).expand_as(x), x)
+        x = torch.where(_per_sample(params["grayscale"]), rgb_to_grayscale(x).expand_as(x), x)
         kernel_size = self.kernel_size or (blur_kernel_size(x.shape[-1]), blur_kernel_size(x.shape[-2]))
         # Samples that skip the blur get a kernel so narrow that it is the identity.
         sigma = torch.where(params["blur"], params["sigma"], torch.full_like(params["sigma"], 1e-3))
@@ -220,7 +215,7 @@ class BatchPhotometric(torch.nn.Module):
         # Solarizing at an infinite threshold leaves a sample unchanged.
         threshold = _per_sample(torch.where(params["solarize"], 0.5, float("inf")))
         x = torch.where(x >= threshold, 1 - x, x)
-        return x.sub_(self.mean).div_(self.std) if self.normalize else x
+        return normalize_images(x, self.mean, self.std) if self.normalize else x
 
     @staticmethod
     def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
@@ -251,7 +246,7 @@ class BatchPhotometric(torch.nn.Module):
 def _blend_step(x: Tensor, step: Tensor, factor: Tensor) -> Tensor:
     """Brightness (step 0), contrast (1) or saturation (2) per sample: blend with black, the mean
     gray level or the gray image by ``factor``, then clamp to ``[0, 1]`` as torchvision does."""
-    gray = _gray(x)
+    gray = rgb_to_grayscale(x)
     target = torch.where(
         _per_sample(step == 0),
         0.0,

@@ -3,7 +3,8 @@
 Each step takes and returns ``(image, ViewGeometry)``, so the view's exact place in the
 source image is known after any chain of steps. The crop and the resize are one resampling
 step from the source image with a float box (``PIL.Image.resize(..., box=...)``), so nothing
-is rounded between them, and the recorded crop is exactly the region the view shows.
+is rounded between them, and the recorded crop is exactly the region the view shows. Like
+torchvision's, the steps draw from torch's global RNG (see :mod:`scrl.transforms`).
 """
 
 from __future__ import annotations
@@ -72,14 +73,12 @@ def random_resized_crop_params(
     height: int,
     scale: Sequence[float] = (0.2, 1.0),
     ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
-    generator: torch.Generator | None = None,
 ) -> Box:
     """Draw a crop box exactly as ``torchvision.transforms.RandomResizedCrop.get_params`` does.
 
     Area fraction ~ U(scale), aspect ratio log-uniform in ``ratio``, integer width and height,
-    up to 10 tries, then a centre crop clamped to ``ratio``. The draws are the same calls in
-    the same order as torchvision's, so a generator seeded like torch's global RNG gives the
-    same box.
+    up to 10 tries, then a centre crop clamped to ``ratio``. The draws are the same calls on
+    torch's global RNG in the same order as torchvision's, so the same seed gives the same box.
 
     Args:
         width: source width in pixels, >= 1.
@@ -87,25 +86,25 @@ def random_resized_crop_params(
         scale: ``(min, max)`` fraction of the source area; SCRL's (0.2, 1.0) by default
             (BYOL and torchvision use (0.08, 1.0)).
         ratio: ``(min, max)`` width / height of the crop.
-        generator: optional CPU ``torch.Generator``; the global RNG when ``None``.
 
     Returns:
         ``(x0, y0, x1, y1)`` in source pixels (pixel-edge convention), whole numbers as floats.
 
     Example:
-        >>> random_resized_crop_params(640, 480, (0.2, 1.0), generator=torch.Generator().manual_seed(0))
+        >>> torch.manual_seed(0)
+        >>> random_resized_crop_params(640, 480, (0.2, 1.0))
         (46.0, 63.0, 509.0, 459.0)
     """
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
-            i = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
-            j = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+            i = torch.randint(0, height - h + 1, size=(1,)).item()
+            j = torch.randint(0, width - w + 1, size=(1,)).item()
             return float(j), float(i), float(j + w), float(i + h)
 
     in_ratio = width / height
@@ -160,7 +159,8 @@ class RandomResizedCrop(nn.Module):
 
     Example:
         >>> crop = RandomResizedCrop(224, scale=(0.2, 1.0))
-        >>> view, geom = crop(img, generator=torch.Generator().manual_seed(0))
+        >>> torch.manual_seed(0)
+        >>> view, geom = crop(img)
         >>> geom.crop, geom.size  # for a 640 x 480 image
         (tensor([ 46.,  63., 509., 459.], dtype=torch.float64), tensor([224., 224.], dtype=torch.float64))
     """
@@ -178,22 +178,19 @@ class RandomResizedCrop(nn.Module):
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.interpolation = interpolation
 
-    def forward(
-        self, img: Image.Image, geom: ViewGeometry | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Image.Image, ViewGeometry]:
+    def forward(self, img: Image.Image, geom: ViewGeometry | None = None) -> tuple[Image.Image, ViewGeometry]:
         """Crop and resize ``img``.
 
         Args:
             img: PIL image.
             geom: where ``img`` came from; ``None`` when ``img`` is the source image itself.
-            generator: optional CPU ``torch.Generator``; the global RNG when ``None``.
 
         Returns:
             The view (PIL, ``size``) and its geometry relative to the source image.
         """
         if not isinstance(img, Image.Image):
             raise TypeError(f"img must be a PIL.Image.Image, got {type(img).__name__}")
-        box = random_resized_crop_params(img.width, img.height, self.scale, self.ratio, generator)
+        box = random_resized_crop_params(img.width, img.height, self.scale, self.ratio)
         view = resized_crop(img, box, self.size, self.interpolation)
         height, width = self.size
         if geom is None:
@@ -232,22 +229,19 @@ class RandomHorizontalFlip(nn.Module):
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
 
-    def forward(
-        self, img: Image.Image, geom: ViewGeometry | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Image.Image, ViewGeometry]:
+    def forward(self, img: Image.Image, geom: ViewGeometry | None = None) -> tuple[Image.Image, ViewGeometry]:
         """Flip ``img`` with probability ``p``.
 
         Args:
             img: PIL image.
             geom: where ``img`` came from; ``None`` when ``img`` is the source image itself.
-            generator: optional CPU ``torch.Generator``; the global RNG when ``None``.
 
         Returns:
             The (possibly mirrored) image and its geometry.
         """
         if geom is None:
             geom = ViewGeometry.full(img.width, img.height)
-        if torch.rand(1, generator=generator).item() < self.p:
+        if torch.rand(1).item() < self.p:
             return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), geom.hflip()
         return img, geom
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
 from PIL import Image
@@ -13,7 +11,7 @@ from torch import Tensor
 
 from .geometric import _as_size
 
-__all__ = ["GaussianBlur", "blur_kernel_size", "byol_photometric", "global_rng_from"]
+__all__ = ["GaussianBlur", "blur_kernel_size", "byol_photometric"]
 
 # Table A1, shared by the per-image steps here and the batched ones (batch_photometric.py).
 COLOR_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
@@ -73,8 +71,8 @@ def byol_photometric(view: int, size: int | Sequence[int] = 224) -> T.Compose:
     Colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, random order) with
     p = 0.8; grayscale with p = 0.2; Gaussian blur (sigma in [0.1, 2], kernel about 10 % of
     the view side) with p = 1.0 for view 1 and 0.1 for view 2; solarize at 128 with p = 0.0
-    for view 1 and 0.2 for view 2. Randomness comes from torch's global RNG (see
-    :func:`global_rng_from` to drive it from a generator).
+    for view 1 and 0.2 for view 2. Randomness comes from torch's global RNG, as in every
+    worker-side transform (see :mod:`scrl.transforms`).
 
     Args:
         view: 1 or 2.
@@ -99,24 +97,3 @@ def byol_photometric(view: int, size: int | Sequence[int] = 224) -> T.Compose:
     ]
     return T.Compose([step for step in steps if step is not None])
 
-
-@contextmanager
-def global_rng_from(generator: torch.Generator | None) -> Iterator[None]:
-    """Run the block on torch's global CPU RNG, reseeded from ``generator`` and restored after.
-
-    torchvision's photometric transforms draw from the global RNG and take no generator.
-    Inside this block they draw from a stream seeded by one draw of ``generator``, so their
-    output is a function of the generator's state and the global stream is left untouched.
-    With ``generator=None`` the block runs on the global RNG as usual.
-
-    Example:
-        >>> with global_rng_from(torch.Generator().manual_seed(0)):
-        ...     img = byol_photometric(1)(img)
-    """
-    if generator is None:
-        yield
-        return
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield

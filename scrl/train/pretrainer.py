@@ -1,0 +1,464 @@
+"""The pretraining run: data, model, LARS and its schedules, the loop, checkpoints, resume, signals, probe, export."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import random
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed
+from ..data import open_box_dataset, two_view_loader
+from ..eval import roi_probe
+from ..models import BYOL, SCRL
+from ..transforms import BatchPhotometric, TwoViewTransform, normalize_images
+from .checkpoint import LAST_CHECKPOINT, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import PretrainConfig
+from .distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
+from .lars import LARS, lars_param_groups
+from .schedule import cosine_tau, warmup_cosine
+from .stop_signal import StopSignal
+from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
+
+__all__ = ["BACKBONE_FILE", "Pretrainer", "build_dataset", "build_model", "weights_digest"]
+
+BACKBONE_FILE = "backbone_torchvision.pth"
+RANK_STREAMS = 0x52414E4B  # "RANK": the key that marks per-rank random streams
+_ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+def build_dataset(config: PretrainConfig) -> Dataset:
+    """The images of a run: the folder tree ``config.data``, or synthetic scenes 1.5x the view side.
+
+    Raises:
+        ValueError: the folder holds no image (before any worker starts).
+    """
+    if config.data is not None:
+        return ImageFolderDataset(config.data)
+    if config.synthetic_images is None or config.image_size is None:
+        raise ValueError("build_dataset needs a resolved config (PretrainConfig.resolve) for synthetic scenes")
+    return SyntheticScenes(config.synthetic_images, image_size=round(1.5 * config.image_size), seed=config.seed)
+
+
+def build_model(config: PretrainConfig) -> SCRL | BYOL:
+    """``SCRL`` or ``BYOL`` with the trunk, heads, boxes and pooling rule of ``config`` (random init)."""
+    if config.arch is None or config.tau_base is None:
+        raise ValueError("build_model needs a resolved config (PretrainConfig.resolve): arch and tau_base are unset")
+    heads = dict(projector_hidden=config.projector_hidden, projection_dim=config.projection_dim, tau_base=config.tau_base)
+    if config.method == "scrl":
+        return SCRL(config.arch, num_boxes=config.num_boxes, min_size=config.min_box_size,
+                    roi_aligned=_ROI_ALIGNED[config.roi_pooling], **heads)
+    return BYOL(config.arch, **heads)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of all parameters, online and target, to compare processes.
+
+    Buffers are left out: without SyncBatchNorm (CPU runs) each process keeps its own running
+    statistics, while the parameters must agree bit for bit.
+    """
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _progress_line(r: Mapping[str, Any], last_step: int) -> str:
+    return (
+        f"epoch {r['epoch']} step {r['step']}/{last_step} loss {r['loss']:.4f} lr {r['lr']:.4g} tau {r['tau']:.5f} "
+        f"{r['images_per_s']:.1f} img/s data-wait {r['data_wait_share']:.0%} eta {datetime.timedelta(seconds=round(r['eta_s']))} "
+        f"valid-boxes {r['valid_box_share']:.0%} skipped {r['skipped_files']}"
+    )
+
+
+class Pretrainer:
+    """One pretraining run of SCRL or BYOL, on one process or under ``torchrun`` (DDP).
+
+    Construction sets everything up (process group, data, model, LARS with warm-up + cosine
+    schedule, per-rank random streams); :meth:`run` resumes from the last checkpoint if asked,
+    trains, and exports. A run writes to ``config.output_dir``:
+
+    * ``checkpoint_last.pth`` (atomically; at epoch ends, every ``save_every`` steps, on
+      SIGTERM / SIGINT and at the end), which resumes bit-exactly: the same weights as an
+      uninterrupted run, with any number of data workers;
+    * ``metrics.jsonl``: one JSON object per log line, RoI-probe result and start / end event;
+    * ``backbone_torchvision.pth`` at the end: the online trunk under torchvision's key names.
+
+    A non-finite loss stops the run with a ``FloatingPointError`` naming the step and the last
+    good checkpoint, which is never overwritten by a bad state. Unreadable image files are
+    replaced, reported once and kept in the checkpoint.
+
+    Args:
+        config: the settings; ``None`` fields are filled for the device (:meth:`PretrainConfig.resolve`).
+        dataset: your own dataset of images instead of ``config.data``: items are PIL images,
+            or tuples whose first element is one (box datasets). It is wrapped in a
+            :class:`~scrl.data.TwoViewDataset` with the paper's views at ``config.image_size``.
+        model: your own :class:`~scrl.SCRL` / :class:`~scrl.BYOL` (any module with their call,
+            ``update_target`` and ``backbone_state_dict``) instead of the one ``config`` describes.
+
+    Attributes:
+        config: the resolved config. model: the model (unwrapped). device, rank, world_size.
+        steps_per_epoch, total_steps: the schedule. step, epoch: where the run is.
+
+    Example:
+        >>> summary = Pretrainer(PretrainConfig(epochs=1, output_dir="runs/demo")).run()
+        >>> summary["step"], summary["stopped_by"]
+        (16, None)
+    """
+
+    def __init__(self, config: PretrainConfig, dataset: Dataset | None = None, model: nn.Module | None = None) -> None:
+        if not isinstance(config, PretrainConfig):
+            raise TypeError(f"config must be a PretrainConfig, got {type(config).__name__}")
+        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
+        info = init_distributed(None if config.device == "auto" else config.device)
+        try:
+            self._setup(config, info, dataset, model)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    # ------------------------------------------------------------------------------ setup
+    def _setup(self, config: PretrainConfig, info: Any, dataset: Dataset | None, model: nn.Module | None) -> None:
+        self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
+        self.main_process = self.rank == 0
+        on_gpu = self.device.type == "cuda"
+        self.config, filled = config.resolve(on_gpu, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        config = self.config
+        if not on_gpu:
+            picked = " ".join(f"--{n.replace('_', '-')} {getattr(config, n)}" for n in filled)
+            self._log(f"no GPU: using CPU defaults {picked} (set any of them explicitly to override)")
+        self.amp_dtype = _AMP_DTYPES[config.amp]
+        self.global_batch = config.batch_size * self.world_size
+        self.lr = config.base_lr * self.global_batch / 256
+        torch.backends.cudnn.benchmark = on_gpu
+
+        self._build_data(dataset)
+        self._build_model(model)
+        self._seed_rank_streams()
+        self.augment = None
+        if config.augment_on_device:
+            self.augment = [BatchPhotometric(view=1).to(self.device), BatchPhotometric(view=2).to(self.device)]
+            if config.compile:  # dozens of elementwise passes over the batch, fused into a few kernels
+                self.augment = [torch.compile(op) for op in self.augment]
+
+        self.checkpoint_path = os.path.join(config.output_dir, LAST_CHECKPOINT)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.skipped_files: set[str] = set()
+        self._reported: set[str] = set()
+        self._saved_at: int | None = None
+        self.logger = MetricsLogger(config.output_dir, enabled=self.main_process)
+        self._probe_data = None
+        if config.roi_probe and self.main_process:
+            self._probe_data = open_box_dataset(config.roi_probe, synthetic_image_size=round(1.5 * config.image_size))
+
+    def _build_data(self, dataset: Dataset | None) -> None:
+        """Views made in the workers, sharded and resumable; the schedule's lengths follow from them."""
+        config = self.config
+        on_gpu = self.device.type == "cuda"
+        photometric = "device" if config.augment_on_device else True
+        transform = TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
+        self.dataset = TwoViewDataset(dataset if dataset is not None else build_dataset(config), transform, seed=config.seed)
+        self.sampler = ResumableSampler(
+            self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=config.seed, drop_last=True
+        )
+        self.loader = two_view_loader(self.dataset, self.sampler, config.batch_size, config.workers, pin_memory=on_gpu)
+        self.steps_per_epoch = len(self.sampler) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.dataset)} images give no full batch of {config.batch_size} per process on {self.world_size} process(es)"
+            )
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.warmup_steps = min(self.total_steps, round(config.warmup_epochs * self.steps_per_epoch))
+        self.last_step = min(self.total_steps, config.max_steps or self.total_steps)
+
+    def _build_model(self, model: nn.Module | None) -> None:
+        """The model on the device (SyncBatchNorm across GPUs), LARS with its schedule, the loss scaler, DDP."""
+        config = self.config
+        on_gpu = self.device.type == "cuda"
+        self._model_from_config = model is None
+        if model is None:
+            torch.manual_seed(config.seed)  # identical initial weights on every rank
+            model = build_model(config)
+        # SyncBatchNorm needs a GPU; on CPU each process normalises with its own batch statistics.
+        sync_bn = self.world_size > 1 and on_gpu
+        if sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # trunk, heads and target alike
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.optimizer = LARS(lars_param_groups(self.model, config.weight_decay), lr=self.lr, momentum=0.9, eta=0.001)
+        self.scheduler = warmup_cosine(self.optimizer, self.warmup_steps, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.train_model = wrap_ddp(self.model, self.device, sync_buffers=not sync_bn)
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def _seed_rank_streams(self) -> None:
+        """Per-rank random streams: box sampling and photometric augmentation on the device, and the global ones."""
+        # torch.compile cannot trace a Generator argument (graph breaks), so compiled runs draw
+        # boxes and augmentation parameters from the global device RNG, which is checkpointed as
+        # well. Four keys per seed keep these streams apart from the workers' per-sample
+        # (seed, epoch, index) ones.
+        def rank_seed(stream: int) -> int:
+            return mix_seed(self.config.seed, RANK_STREAMS, self.rank, stream)
+
+        self.generators = {
+            "boxes": torch.Generator(self.device).manual_seed(rank_seed(1)),
+            "augment": torch.Generator(self.device).manual_seed(rank_seed(5)),
+        }
+        self._box_rng = None if self.config.compile else self.generators["boxes"]
+        self._augment_rng = None if self.config.compile else self.generators["augment"]
+        torch.manual_seed(rank_seed(2))
+        np.random.seed(rank_seed(3) % 2**32)
+        random.seed(rank_seed(4))
+
+    def _log(self, message: str) -> None:
+        if self.main_process:
+            print(message, flush=True)
+
+    def _cleanup(self) -> None:
+        if self._owns_process_group:
+            cleanup()
+
+    # ------------------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: model, optimiser, schedule, loss scaler, position, every rank's RNG streams, skipped files, config.
+
+        A collective under ``torchrun``: every rank must call it (each contributes its streams).
+        """
+        self._gather_skipped()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch + (self.batch_in_epoch == self.steps_per_epoch),
+            "batch_in_epoch": self.batch_in_epoch % self.steps_per_epoch,
+            "rng": all_gather_object(rng_state(self.generators)),
+            "world_size": self.world_size,
+            "skipped_files": sorted(self.skipped_files),
+            "args": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint made by :meth:`state_dict`.
+
+        With the same processes and batch size the run continues exactly (data order, views,
+        boxes and weights as uninterrupted); otherwise the position in the epoch is kept
+        approximately, and a warning says so.
+        """
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # empty when the run was not fp16: an fp16 resume then starts a fresh scale
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_files = set(state["skipped_files"])
+        self._reported = set(self.skipped_files)
+        saved_world, saved_batch = state["world_size"], state["args"]["batch_size"]
+        if (saved_world, saved_batch) == (self.world_size, self.config.batch_size):
+            set_rng_state(state["rng"][self.rank], self.generators)
+        else:  # the data order and random streams cannot continue exactly; keep the position approximately
+            self.batch_in_epoch = min(self.steps_per_epoch, self.batch_in_epoch * saved_world * saved_batch // self.global_batch)
+            self._log(
+                f"warning: checkpoint made with {saved_world} x {saved_batch} images per step, now {self.world_size} x "
+                f"{self.config.batch_size}: the run continues, but not exactly as an uninterrupted one would"
+            )
+        self._saved_at = self.step
+
+    def save(self) -> None:
+        """Write :meth:`state_dict` to ``checkpoint_last.pth`` atomically (rank 0 writes; every rank must call it)."""
+        state = self.state_dict()
+        if self.main_process:
+            save_checkpoint(state, self.checkpoint_path)
+        self._saved_at = self.step
+
+    def _resume(self) -> None:
+        resume = self.config.resume
+        path = {"auto": latest_checkpoint(self.config.output_dir), "none": None}.get(resume, resume)
+        if path is None:
+            return
+        self.load_state_dict(load_checkpoint(path, self.device))
+        self._log(f"resumed from {path}: step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch} of the epoch")
+
+    # ------------------------------------------------------------------------------ bookkeeping
+    def _gather_skipped(self) -> list[str]:
+        """Unreadable files met by any rank and not reported yet (a collective); every rank learns all."""
+        self.skipped_files.update(*all_gather_object(self.skipped_files))
+        new = sorted(self.skipped_files - self._reported)
+        self._reported.update(new)
+        return new
+
+    def _check_finite(self) -> None:
+        bad = self._watch.first_bad_step()
+        if bad is not None:
+            last_good = f"{self.checkpoint_path} (step {self._saved_at})" if self._saved_at is not None else "none written yet"
+            raise FloatingPointError(
+                f"non-finite loss at step {bad} (epoch {(bad - 1) // self.steps_per_epoch}); stopping. Last good checkpoint: {last_good}"
+            )
+
+    def _run_roi_probe(self) -> None:
+        """RoI linear + k-NN accuracy of the online trunk on ``config.roi_probe`` (rank 0), logged to metrics.jsonl."""
+        if self._probe_data is None:
+            return
+        # Forked RNG: probing must not change the training's random streams, so a run with the
+        # probe trains exactly as one without it (and resumes exactly).
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            metrics = roi_probe(self.model.trunk, self._probe_data, image_size=self.config.roi_probe_size or 2 * self.config.image_size,
+                                autocast_dtype=self.amp_dtype, channels_last=self.config.channels_last)
+        self.logger.log({"event": "roi_probe", "step": self.step, "epoch": self.epoch} | metrics)
+        self._log(f"roi probe at step {self.step}: linear top-1 {metrics['roi_linear_top1']:.1f} %, k-NN top-1 "
+                  f"{metrics['roi_knn_top1']:.1f} % (chance {metrics['roi_chance']:.1f} %, majority {metrics['roi_majority']:.1f} %)")
+
+    # ------------------------------------------------------------------------------ the step
+    def _device_views(self, batch: TwoViewBatch) -> tuple[Tensor, Tensor]:
+        """The batch's uint8 views as normalised float views (photometric steps too with ``augment_on_device``)."""
+        if self.augment is not None:
+            view1 = self.augment[0](batch.view1, generator=self._augment_rng)
+            view2 = self.augment[1](batch.view2, generator=self._augment_rng)
+        else:
+            view1, view2 = normalize_images(batch.view1), normalize_images(batch.view2)
+        return view1.contiguous(memory_format=self.memory_format), view2.contiguous(memory_format=self.memory_format)
+
+    def train_step(self, batch: TwoViewBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """One optimiser step on a batch already on the device, and the target update; nothing is read back to the host.
+
+        Returns:
+            ``(loss, logs)`` as the model returns them (detached 0-dim tensors in ``logs``).
+        """
+        view1, view2 = self._device_views(batch)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss, logs = self.train_model(view1, view2, batch.geom1, batch.geom2, generator=self._box_rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.model.update_target(self.step, self.total_steps)
+        self.step += 1
+        return loss, logs
+
+    # ------------------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """Resume (per ``config.resume``), train to ``max_steps`` or the end of the schedule, save, probe and export.
+
+        A SIGTERM or SIGINT ends the run at the next step with a checkpoint (all ranks agree on
+        the step); the backbone is exported only when the run finished.
+
+        Returns:
+            ``{"step", "epoch", "stopped_by" (signal name or None), "weights_sha256" (this
+            rank's parameters), "skipped_files" (sorted paths)}``.
+        """
+        try:
+            self._resume()
+            self._log_start()
+            stopped_by = self._train()
+            return self._finish(stopped_by)
+        finally:
+            self.logger.close()
+            self._cleanup()
+
+    def _log_start(self) -> None:
+        c = self.config
+        augmented = "photometric steps on the device" if c.augment_on_device else "augmented in the workers"
+        what = f"{c.method} {c.arch}" if self._model_from_config else f"{type(self.model).__name__} (given model)"
+        self._log(
+            f"{what}: {len(self.dataset)} images, {self.world_size} process(es) x {c.batch_size} = {self.global_batch} per step, "
+            f"lr {self.lr:.4g}, {self.steps_per_epoch} steps/epoch, {self.total_steps} steps total (stopping at {self.last_step}), "
+            f"views {c.image_size}px ({augmented}), amp {c.amp}, {c.workers} workers, device {self.device}"
+        )
+        self.logger.log({"event": "start", "step": self.step, "world_size": self.world_size, "lr": self.lr,
+                         "total_steps": self.total_steps} | {f"arg_{k}": v for k, v in c.to_dict().items()})
+
+    def _train(self) -> str | None:
+        """The loop; returns the name of the signal that stopped it, or None."""
+        c = self.config
+        self._watch, means = NonFiniteWatch(), DeviceMeans()
+        interval_start, data_wait, interval_steps = time.perf_counter(), 0.0, 0
+        stopped_by = None
+        with StopSignal() as stop:
+            self.train_model.train()
+            while self.step < self.last_step and stopped_by is None:
+                self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * c.batch_size)
+                batches = iter(self.loader)
+                while self.batch_in_epoch < self.steps_per_epoch and self.step < self.last_step:
+                    t0 = time.perf_counter()
+                    batch = next(batches).to(self.device, non_blocking=True)
+                    data_wait += time.perf_counter() - t0
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    loss, logs = self.train_step(batch)
+                    self.batch_in_epoch, interval_steps = self.batch_in_epoch + 1, interval_steps + 1
+                    self._watch.update(loss, self.step)
+                    means.add(logs)
+                    self.skipped_files.update(batch.skipped)
+
+                    if self.step % c.log_every == 0 or self.step == self.last_step:
+                        elapsed = time.perf_counter() - interval_start
+                        self._log_progress(means, lr, interval_steps, elapsed, data_wait)
+                        interval_start, data_wait, interval_steps = time.perf_counter(), 0.0, 0
+                    if stop.agreed():
+                        stopped_by = stop.received.name if stop.received else "signal on another rank"
+                        break
+                    if c.save_every and self.step % c.save_every == 0:
+                        self._check_finite()
+                        self.save()
+                if self.batch_in_epoch == self.steps_per_epoch:
+                    self._check_finite()
+                    if self._saved_at != self.step:
+                        self.save()
+                    if stopped_by is None and (self.epoch + 1) % c.roi_probe_every == 0 and self.step < self.last_step:
+                        self._run_roi_probe()
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return stopped_by
+
+    def _log_progress(self, means: DeviceMeans, lr: float, interval_steps: int, elapsed: float, data_wait: float) -> None:
+        self._check_finite()
+        stats = means.read()
+        new_skips = self._gather_skipped()
+        record = {
+            "step": self.step, "epoch": self.epoch, "loss": stats["loss"], "lr": lr,
+            "tau": cosine_tau(self.step - 1, self.total_steps, self.config.tau_base),
+            "images_per_s": interval_steps * self.global_batch / elapsed, "data_wait_share": data_wait / elapsed,
+            "eta_s": (self.last_step - self.step) * elapsed / interval_steps, "valid_box_share": stats["valid_share"],
+            "collapse_std": stats["collapse_std"], "skipped_files": len(self.skipped_files), "new_skipped_files": new_skips,
+        }
+        if self.device.type == "cuda":
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.logger.log(record)
+        for path in new_skips:
+            self._log(f"skipped unreadable file: {path}")
+        self._log(_progress_line(record, self.last_step))
+
+    def _finish(self, stopped_by: str | None) -> dict[str, Any]:
+        self._check_finite()
+        if self._saved_at != self.step:
+            self.save()
+        if stopped_by is None:
+            self._run_roi_probe()
+        digests = all_gather_object(weights_digest(self.model))
+        # One write per line: every rank prints to the same stream, and print() writes the line and
+        # its end separately, which interleave between processes when the stream is unbuffered.
+        print(f"rank {self.rank}: weights sha256 {digests[self.rank]}\n", end="", flush=True)
+        backbone_path = os.path.join(self.config.output_dir, BACKBONE_FILE)
+        if self.main_process and stopped_by is None:
+            save_checkpoint({k: v.contiguous() for k, v in self.model.backbone_state_dict().items()}, backbone_path)
+        self.logger.log({
+            "event": "stopped" if stopped_by else "end", "step": self.step, "epoch": self.epoch, "stopped_by": stopped_by,
+            "weights_sha256": digests[0], "ranks_identical": len(set(digests)) == 1, "skipped_files": len(self.skipped_files),
+        })
+        if stopped_by:
+            self._log(f"stopped by {stopped_by} at step {self.step}; checkpoint {self.checkpoint_path}; resume with --resume auto")
+        else:
+            self._log(f"finished at step {self.step}; checkpoint {self.checkpoint_path}; backbone {backbone_path}")
+        return {"step": self.step, "epoch": self.epoch, "stopped_by": stopped_by, "weights_sha256": digests[self.rank],
+                "skipped_files": sorted(self.skipped_files)}

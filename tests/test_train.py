@@ -1,0 +1,374 @@
+"""The pretraining engine, scrl.train: config, presets, and tiny CPU runs that log, checkpoint, resume, stop and export."""
+
+import dataclasses
+import io
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import scrl
+from scrl.data import SyntheticScenes, TwoViewDataset
+from scrl.train import PRESETS, PretrainConfig, Pretrainer, build_dataset, build_model, pretrainer
+from scrl.train.checkpoint import load_checkpoint
+from scrl.train.schedule import cosine_tau, warmup_cosine_factor
+
+# resnet18 on 64-px views, 4 images per step, 2 steps per epoch, small heads.
+TINY = dict(
+    device="cpu", arch="resnet18", image_size=64, batch_size=4, synthetic_images=8, projector_hidden=32, projection_dim=16,
+    epochs=2, warmup_epochs=0.5, log_every=1, workers=0, base_lr=0.45, weight_decay=1e-6, tau_base=0.97,
+)
+
+
+def run(out, **settings):
+    return Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(out), **settings})).run()
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint(run_dir):
+    return load_checkpoint(Path(run_dir) / "checkpoint_last.pth")
+
+
+def assert_same_weights(a, b):
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: 2 epochs (4 steps) of SCRL in one go.
+
+    On one thread, as every test runs (tests/conftest.py): sums, and so the weights, depend on the
+    thread count, and module fixtures are set up before the per-test thread setting.
+    """
+    out = tmp_path_factory.mktemp("uninterrupted")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run(out)
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def test_cpu_defaults_gpu_defaults_presets_and_their_precedence():
+    config, filled = PretrainConfig().resolve(on_gpu=False)
+    assert (config.arch, config.image_size, config.batch_size, config.workers, config.amp) == ("resnet18", 64, 32, 2, "off")
+    assert (config.epochs, config.min_box_size, config.warmup_epochs) == (10, 16, 1.0)
+    assert {"arch", "image_size", "batch_size", "workers", "warmup_epochs"} <= set(filled)
+    # The paper's 1000-epoch setting (Sec. 4.1, Table A5); a given field wins over the preset.
+    config, filled = PretrainConfig(preset="1000ep", tau_base=0.99).resolve(on_gpu=True, local_world_size=8)
+    assert (config.arch, config.image_size, config.batch_size, config.amp, config.min_box_size) == ("resnet50", 224, 256, "bf16", 32)
+    assert (config.epochs, config.base_lr, config.weight_decay, config.tau_base, config.warmup_epochs) == (1000, 0.45, 1.5e-6, 0.99, 10.0)
+    assert "tau_base" not in filled and config.workers >= 1
+    config, _ = PretrainConfig(preset="1000ep-released").resolve(on_gpu=True)  # the authors' released config
+    assert (config.epochs, config.base_lr, config.weight_decay, config.tau_base) == (1000, 0.2, 1.5e-6, 0.996)
+    config, _ = PretrainConfig(preset="200ep").resolve(on_gpu=False)
+    assert (config.epochs, config.base_lr, config.weight_decay, config.tau_base) == (200, 0.45, 1.0e-6, 0.97)
+    # An explicit preset beats the device defaults; without one the device's epochs win.
+    assert PretrainConfig(preset="200ep").resolve(on_gpu=False)[0].epochs == 200
+    assert PretrainConfig().resolve(on_gpu=True)[0].epochs == 1000
+    # Resolving twice fills nothing more.
+    config, _ = PretrainConfig().resolve(on_gpu=False)
+    assert config.resolve(on_gpu=True) == (config, [])
+    assert set(PRESETS) == {"200ep", "1000ep", "1000ep-released"}
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(base_lr=-1.0), "base_lr must be > 0, got -1.0"),
+        (dict(base_lr=float("nan")), "base_lr must be > 0, got nan"),
+        (dict(weight_decay=-1e-6), "weight_decay must be >= 0, got -1e-06"),
+        (dict(tau_base=1.5), "tau_base must be in [0, 1], got 1.5"),
+        (dict(warmup_epochs=-1.0), "warmup_epochs must be >= 0, got -1.0"),
+        (dict(image_size=16), "image_size must be >= 32, got 16"),
+        (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+        (dict(save_every=-1), "save_every must be >= 0, got -1"),
+        (dict(image_size=40, min_box_size=100.0), "min_box_size must be at most image_size (40), got 100.0"),
+        (dict(method="simclr"), "method must be one of ['scrl', 'byol'], got 'simclr'"),
+        (dict(preset="300ep"), "preset must be one of ['200ep', '1000ep', '1000ep-released'], got '300ep'"),
+        (dict(resume="/no/such/checkpoint.pth"), "resume '/no/such/checkpoint.pth': no such checkpoint file"),
+    ],
+)
+def test_out_of_range_setting_is_a_value_error_naming_the_field(settings, message):
+    with pytest.raises(ValueError) as info:
+        PretrainConfig(**settings)
+    assert message in str(info.value)
+
+
+def test_config_is_frozen_and_round_trips_through_its_dict():
+    config = PretrainConfig(**TINY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    assert PretrainConfig(**config.to_dict()) == config
+
+
+def test_cpu_defaults_train_on_real_box_pairs():
+    """The CPU demo's views, scenes and box settings fill most box slots (the run logs the share)."""
+    config, _ = PretrainConfig().resolve(on_gpu=False)
+    transform = scrl.TwoViewTransform.byol(size=config.image_size, output="uint8")
+    dataset = TwoViewDataset(build_dataset(config), transform, seed=0)
+    geoms = [dataset[i][2:4] for i in range(128)]
+    geom1, geom2 = (torch.utils.data.default_collate([g[v] for g in geoms]) for v in (0, 1))
+    model = build_model(dataclasses.replace(config, projector_hidden=8, projection_dim=4))
+    share = model.sampler(geom1, geom2, generator=torch.Generator().manual_seed(0)).valid.float().mean()
+    assert share >= 0.6
+    assert scrl.BoxPairSampler(min_size=32)(geom1, geom2).valid.float().mean() < 0.3  # one whole C5 cell would not
+
+
+@pytest.mark.parametrize("pooling, aligned", [("exact", None), ("aligned", True), ("unaligned", False)])
+def test_roi_pooling_setting_selects_the_rule(pooling, aligned):
+    config, _ = PretrainConfig(roi_pooling=pooling, projector_hidden=8, projection_dim=4).resolve(on_gpu=False)
+    pool = build_model(config).roi_pool
+    assert pool.aligned is aligned and pool.cell_offset == 0.5
+
+
+def test_building_from_an_unresolved_config_says_so():
+    with pytest.raises(ValueError, match="resolved config"):
+        build_model(PretrainConfig())
+
+
+# ---------------------------------------------------------------------------------------- runs
+
+
+@pytest.mark.parametrize("method, extra", [("scrl", {}), ("byol", dict(amp="bf16", channels_last=True))])
+def test_a_few_steps_log_checkpoint_and_export(tmp_path, method, extra, capsys):
+    summary = run(tmp_path, method=method, max_steps=3, **extra)
+    assert summary["step"] == 3 and summary["stopped_by"] is None
+    out = capsys.readouterr().out
+    assert "epoch 1 step 3/3 loss" in out and "img/s" in out and "data-wait" in out and "valid-boxes" in out
+
+    records = metrics(tmp_path)
+    start, steps, end = records[0], [r for r in records if "loss" in r], records[-1]
+    assert start["event"] == "start" and start["lr"] == pytest.approx(0.45 * 4 / 256) and start["total_steps"] == 4
+    assert start["arg_method"] == method and start["arg_image_size"] == 64
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for r in steps:
+        assert set(r) >= {"epoch", "loss", "lr", "tau", "images_per_s", "data_wait_share", "eta_s", "valid_box_share", "skipped_files"}
+        assert 0 <= r["data_wait_share"] <= 1 and r["images_per_s"] > 0 and r["skipped_files"] == 0
+    # lr = base * global batch / 256 with a 1-step warm-up (0.5 epochs) and cosine decay over 4 steps;
+    # tau follows the cosine schedule from tau_base.
+    lr = 0.45 * 4 / 256
+    assert [r["lr"] for r in steps] == pytest.approx([lr * warmup_cosine_factor(k, 1, 4) for k in range(3)])
+    assert [r["tau"] for r in steps] == pytest.approx([cosine_tau(k, 4, 0.97) for k in range(3)])
+    share = [r["valid_box_share"] for r in steps]
+    assert all(s == 1 for s in share) if method == "byol" else all(0 < s <= 1 for s in share)
+    assert end["event"] == "end" and end["ranks_identical"] is True
+
+    ckpt = checkpoint(tmp_path)
+    assert ckpt["step"] == 3 and ckpt["epoch"] == 1 and ckpt["batch_in_epoch"] == 1
+    assert ckpt["args"]["method"] == method and ckpt["args"]["arch"] == "resnet18"
+    assert any(k.startswith("trunk.body.") for k in ckpt["model"]) and any(k.startswith("target.") for k in ckpt["model"])
+
+    backbone = torch.load(tmp_path / "backbone_torchvision.pth", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(backbone, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert torch.equal(backbone["conv1.weight"], ckpt["model"]["trunk.body.conv1.weight"])
+
+
+def test_training_lowers_the_loss_on_a_fixed_image_set(tmp_path):
+    # 16 epochs of one batch of the same 8 scenes (new views each epoch), at a high learning rate.
+    run(tmp_path, epochs=16, synthetic_images=8, batch_size=8, base_lr=40.0, warmup_epochs=0.0, method="byol")
+    losses = [r["loss"] for r in metrics(tmp_path) if "loss" in r]
+    assert len(losses) == 16 and sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+
+
+def test_stop_and_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    # Stop inside epoch 1 (after 3 of 4 steps), then resume to the end.
+    assert run(tmp_path, max_steps=3)["step"] == 3
+    assert (checkpoint(tmp_path)["epoch"], checkpoint(tmp_path)["batch_in_epoch"]) == (1, 1)
+    assert run(tmp_path)["step"] == 4  # resume="auto" is the default
+    assert_same_weights(checkpoint(tmp_path), checkpoint(reference))
+    assert torch.equal(torch.load(tmp_path / "backbone_torchvision.pth")["layer4.1.bn2.weight"],
+                       torch.load(reference / "backbone_torchvision.pth")["layer4.1.bn2.weight"])
+
+
+def test_state_dict_round_trip_continues_exactly(uninterrupted, tmp_path):
+    """load_state_dict of a fresh Pretrainer, then run with resume='none', is the same as resuming from the file."""
+    reference, _ = uninterrupted
+    run(tmp_path / "a", max_steps=3)
+    trainer = Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "b"), "resume": "none"}))
+    trainer.load_state_dict(checkpoint(tmp_path / "a"))
+    assert (trainer.step, trainer.epoch, trainer.batch_in_epoch) == (3, 1, 1)
+    assert trainer.run()["weights_sha256"] == Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "a")})).run()["weights_sha256"]
+    assert_same_weights(checkpoint(tmp_path / "b"), checkpoint(reference))
+
+
+def test_roi_probe_logs_accuracy_each_epoch_without_changing_the_training(uninterrupted, tmp_path, capsys):
+    reference, _ = uninterrupted
+    run(tmp_path, roi_probe="synthetic:16", roi_probe_size=64)
+    probes = [r for r in metrics(tmp_path) if r.get("event") == "roi_probe"]
+    # After epoch 1, and once at the end of epoch 2 (the end of the run).
+    assert [(r["step"], r["epoch"]) for r in probes] == [(2, 0), (4, 2)]
+    for r in probes:
+        assert 0 <= r["roi_linear_top1"] <= 100 and 0 <= r["roi_knn_top1"] <= 100
+        assert r["roi_chance"] == pytest.approx(100 / 18) and r["roi_test_boxes"] > 0
+    assert "roi probe at step 2: linear top-1" in capsys.readouterr().out
+    assert_same_weights(checkpoint(tmp_path), checkpoint(reference))
+
+
+def test_signal_saves_at_the_next_step_and_resume_is_exact(uninterrupted, tmp_path, monkeypatch, capsys):
+    reference, ref_summary = uninterrupted
+    calls = []
+    normalize = pretrainer.normalize_images
+
+    def normalize_then_signal(batch):
+        calls.append(1)
+        if len(calls) == 2 * 2:  # second view of step 2: SIGTERM arrives in the middle of a step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return normalize(batch)
+
+    monkeypatch.setattr(pretrainer, "normalize_images", normalize_then_signal)
+    stopped = run(tmp_path, workers=2)
+    assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 2
+    assert "stopped by SIGTERM at step 2" in capsys.readouterr().out
+    assert (checkpoint(tmp_path)["epoch"], checkpoint(tmp_path)["batch_in_epoch"]) == (1, 0)
+    assert metrics(tmp_path)[-1]["event"] == "stopped"
+    assert not (tmp_path / "backbone_torchvision.pth").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+
+    monkeypatch.setattr(pretrainer, "normalize_images", normalize)
+    # Resumed with data workers: augmentations do not depend on workers or on where a run restarts.
+    resumed = run(tmp_path, workers=2)
+    assert resumed["weights_sha256"] == ref_summary["weights_sha256"]
+    assert_same_weights(checkpoint(tmp_path), checkpoint(reference))
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    normalize = pretrainer.normalize_images
+
+    def poisoned(batch):
+        calls.append(1)
+        views = normalize(batch)
+        return views * float("nan") if len(calls) > 2 * 2 else views  # from step 3 on
+
+    monkeypatch.setattr(pretrainer, "normalize_images", poisoned)
+    # Checked at the log step 3 and before every save: the checkpoint of step 2 stays as it was.
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(epoch 1\).*checkpoint_last.pth \(step 2\)"):
+        run(tmp_path, log_every=4, save_every=1)
+    ckpt = checkpoint(tmp_path)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_augment_on_device_finishes_geometry_only_views_and_resumes_exactly(tmp_path, monkeypatch):
+    calls = []
+
+    class Recording(pretrainer.BatchPhotometric):
+        def forward(self, images, generator=None, params=None):
+            calls.append((self.view, images.dtype, tuple(images.shape), generator))
+            return super().forward(images, generator, params)
+
+    def not_called(batch):
+        raise AssertionError("normalize_images must not run: BatchPhotometric normalises")
+
+    monkeypatch.setattr(pretrainer, "BatchPhotometric", Recording)
+    monkeypatch.setattr(pretrainer, "normalize_images", not_called)
+    reference = run(tmp_path / "reference", augment_on_device=True)
+    assert reference["step"] == 4 and [c[0] for c in calls] == [1, 2] * 4
+    assert all(dtype == torch.uint8 and shape == (4, 3, 64, 64) and isinstance(g, torch.Generator) for _, dtype, shape, g in calls)
+    assert calls[0][3] is calls[1][3]  # one per-rank stream for both views
+    ckpt = checkpoint(tmp_path / "reference")
+    assert ckpt["args"]["augment_on_device"] is True and set(ckpt["rng"][0]["generators"]) == {"boxes", "augment"}
+
+    assert run(tmp_path / "resumed", augment_on_device=True, max_steps=3)["step"] == 3
+    resumed = run(tmp_path / "resumed", augment_on_device=True)
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert_same_weights(checkpoint(tmp_path / "resumed"), ckpt)
+
+
+def test_resume_may_switch_to_fp16_loss_scaling_and_back(tmp_path):
+    run(tmp_path, max_steps=1)
+    assert checkpoint(tmp_path)["scaler"] == {}  # no loss scaling without fp16
+    run(tmp_path, amp="fp16", max_steps=2)
+    assert checkpoint(tmp_path)["scaler"]["scale"] in (2.0**16, 2.0**15)  # a fresh scale after one step (halved if it overflowed)
+    assert run(tmp_path, max_steps=3)["step"] == 3
+
+
+def _write_folder(root: Path) -> tuple[Path, Path]:
+    scenes = SyntheticScenes(14, image_size=80, seed=1)
+    for i in range(len(scenes)):
+        scenes[i][0].save(root / ("class_a" if i % 2 else "class_b") / f"img{i}.png")
+    truncated, text = root / "class_a" / "broken.JPG", root / "class_b" / "notes.jpg"
+    buf = io.BytesIO()
+    Image.effect_noise((80, 80), 40).convert("RGB").save(buf, format="JPEG")
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    text.write_text("this is a text file, not a JPEG")
+    return truncated, text
+
+
+def test_folder_with_corrupt_files_trains_and_reports_them(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "class_a").mkdir(parents=True)
+    (data / "class_b").mkdir()
+    truncated, text = _write_folder(data)
+    out = tmp_path / "run"
+    summary = run(out, data=str(data), epochs=1, workers=2)
+    assert summary["step"] == 4 and summary["skipped_files"] == sorted([str(truncated), str(text)])
+    printed = capsys.readouterr()
+    assert str(truncated) in printed.out and str(text) in printed.out
+    records = [r for r in metrics(out) if "loss" in r]
+    assert records[-1]["skipped_files"] == 2
+    assert sorted(p for r in records for p in r["new_skipped_files"]) == sorted([str(truncated), str(text)])
+    assert checkpoint(out)["skipped_files"] == sorted([str(truncated), str(text)])
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty.*contains no images"):
+        run(tmp_path / "run", data=str(tmp_path / "empty"), workers=2)
+
+
+def test_too_few_images_for_one_batch_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="3 images give no full batch of 4"):
+        run(tmp_path, synthetic_images=3)
+
+
+def test_own_dataset_and_own_model(tmp_path, capsys):
+    """A user's Dataset of PIL images and their own SCRL instance train, checkpoint and export."""
+    images = [SyntheticScenes(8, image_size=96, seed=3)[i][0] for i in range(8)]
+    torch.manual_seed(0)
+    model = scrl.SCRL(scrl.resnet_trunk("resnet18"), num_boxes=4, min_size=16, projector_hidden=32, projection_dim=16)
+    trainer = Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path), "max_steps": 2}), dataset=images, model=model)
+    assert trainer.model is model and len(trainer.dataset) == 8
+    summary = trainer.run()
+    assert summary["step"] == 2 and "SCRL (given model): 8 images" in capsys.readouterr().out
+    assert checkpoint(tmp_path)["model"]["projector.fc1.weight"].shape == (32, 512)
+    backbone = torch.load(tmp_path / "backbone_torchvision.pth", weights_only=True)
+    assert torch.equal(backbone["conv1.weight"], model.trunk.body.conv1.weight.detach())
+
+
+def test_config_must_be_a_pretrain_config():
+    with pytest.raises(TypeError, match="PretrainConfig"):
+        Pretrainer(dict(TINY))
+
+
+def test_the_snippet_in_docs_pretraining_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
+    section = text[text.index("## From Python"):]
+    snippet = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    assert len(snippet.strip().splitlines()) <= 10
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "docs/pretraining.md", "exec"), namespace)
+    assert namespace["summary"]["step"] == 4 and namespace["summary"]["stopped_by"] is None
+    assert "resumed from runs/demo/checkpoint_last.pth: step 2" in capsys.readouterr().out
+    assert checkpoint(tmp_path / "runs" / "demo")["step"] == 4
