@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -41,6 +42,7 @@ from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, roi_probe, split_by_image
 from scrl.export import backbone_state_dict
 from scrl.train import PretrainConfig, Pretrainer, build_model
+from scrl.train.checkpoint import LAST_CHECKPOINT
 from scrl.trunk import Trunk, resnet_trunk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +93,12 @@ def pretrain_config(
     method: str, b: Budget, seed: int, out: Path, device: torch.device, roi_pooling: str = "exact"
 ) -> PretrainConfig:
     """The run of one method and seed; ``max_steps`` and ``resume`` are set per chunk."""
+    # The paper's 32-px minimum box side on every budget and device.
+    boxes = dict(roi_pooling=roi_pooling, min_box_size=32.0) if method == "scrl" else {}
     return PretrainConfig(
         method=method, arch=b.arch, image_size=b.view, batch_size=b.batch, synthetic_images=b.steps_per_epoch * b.batch,
         epochs=b.steps // b.steps_per_epoch, preset="200ep", workers=b.workers, seed=seed, output_dir=str(out),
-        amp=b.amp, log_every=min(50, b.probe_every), device=device.type, roi_pooling=roi_pooling,
-        min_box_size=32.0,  # the paper's, on every budget and device
-        channels_last=b.channels_last,
+        amp=b.amp, log_every=min(50, b.probe_every), device=device.type, channels_last=b.channels_last, **boxes,
     )
 
 
@@ -119,6 +121,7 @@ def pretrain_with_probe(
     ``method`` names the row (``scrl_aligned`` trains ``--method scrl``).
     """
     config = pretrain_config(method.split("_")[0], b, seed, out, device, roi_pooling)
+    shutil.rmtree(out, ignore_errors=True)  # the benchmark's own earlier run of this row
     curve, train_seconds = [], 0.0
     for end in range(b.probe_every, b.steps + 1, b.probe_every):
         start = time.perf_counter()
@@ -126,13 +129,13 @@ def pretrain_with_probe(
         with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             Pretrainer(chunk).run()
         train_seconds += time.perf_counter() - start
-        trunk = trunk_from_checkpoint(out / "checkpoint_last.pth", b.arch, device)
+        trunk = trunk_from_checkpoint(out / LAST_CHECKPOINT, b.arch, device)
         probe = roi_probe(trunk, probe_data, image_size=b.probe_size, **run)
         curve.append({"step": end, "images_seen": end * b.batch, **probe})
         print(f"  {method} seed {seed} step {end}/{b.steps}: probe RoI linear {probe['roi_linear_top1']:.1f} %, "
               f"k-NN {probe['roi_knn_top1']:.1f} % ({train_seconds:.0f} s training)", flush=True)
     return {
-        "checkpoint": out / "checkpoint_last.pth",
+        "checkpoint": out / LAST_CHECKPOINT,
         "curve": curve,
         "train_seconds": train_seconds,
         "final_loss": last_logged(out, "loss"),

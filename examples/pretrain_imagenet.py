@@ -18,62 +18,93 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
+import warnings
 
-from scrl.train import PRESETS, PretrainConfig, Pretrainer
+from typing import get_args
+
+from scrl.train import PRESETS, ConfigError, PretrainConfig, Pretrainer, RunWarning
+from scrl.train.config import CPU_DEFAULTS, FIXED_DEFAULTS, GPU_DEFAULTS, Amp, Device, Method, RoIPooling
+
+FIELDS = sorted((f.name for f in dataclasses.fields(PretrainConfig)), key=len, reverse=True)
+# The library names a setting by its field: "base_lr must be ...", "resume='none'", "epochs: 2 ...".
+SETTING = re.compile(r"(?<![\w./'-])(" + "|".join(FIELDS) + r")(?==|: | must | has no effect|,|$)")
 
 
-def parse_args(argv: list[str] | None = None) -> PretrainConfig:
+def in_flags(message: str) -> str:
+    """A library message about settings, with each setting named as its flag."""
+    message = SETTING.sub(lambda m: "--" + m[1].replace("_", "-"), message)
+    return re.sub(r"(--[\w-]+)=True\b", r"\1", message)  # on/off flags take no value
+
+
+def default(name: str) -> str:
+    """What a run uses for an unset flag, as PretrainConfig decides it."""
+    if name in FIXED_DEFAULTS:
+        return f"default: {FIXED_DEFAULTS[name]}"
+    if name in GPU_DEFAULTS or name in CPU_DEFAULTS:
+        return f"default: {GPU_DEFAULTS.get(name, 'from --preset')} on GPU, {CPU_DEFAULTS.get(name, 'from --preset')} on CPU"
+    return f"default: {PretrainConfig.__dataclass_fields__[name].default}"
+
+
+def parser() -> argparse.ArgumentParser:
     # Unset flags stay out of the namespace, so PretrainConfig holds the one set of defaults.
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     add = p.add_argument
     add("--data", help="folder tree of images (e.g. ImageNet train/); default: built-in synthetic scenes")
-    add("--method", choices=["scrl", "byol"], help="default: scrl")
-    add("--arch", help="resnet18|resnet34|resnet50|resnet101 (default: resnet50 on GPU, resnet18 on CPU)")
+    add("--method", choices=get_args(Method), help=default("method"))
+    add("--arch", help=f"resnet18|resnet34|resnet50|resnet101 ({default('arch')})")
     add("--preset", choices=sorted(PRESETS), help="paper hyper-parameters (default: 1000ep on GPU, 200ep on CPU)")
-    add("--epochs", type=int, help="epochs of the schedule (default: from the preset; 10 on CPU)")
+    add("--epochs", type=int, help=f"epochs of the schedule ({default('epochs')})")
     add("--max-steps", type=int, help="stop after this many optimiser steps (the schedule still spans --epochs)")
-    add("--batch-size", type=int, help="images per process (default: 256 on GPU, 32 on CPU)")
-    add("--image-size", type=int, help="view side in pixels (default: 224 on GPU, 64 on CPU)")
-    add("--num-boxes", type=int, help="box pairs per image K (SCRL; default: 10)")
-    add("--roi-pooling", choices=["exact", "aligned", "unaligned"],
-        help="where SCRL pools each box: at the trunk's cell centres (exact, the default), or as RoIAlign's "
-             "aligned=True (Detectron2) / aligned=False (the authors' code) assume")
-    add("--min-box-size", type=float, help="smallest box side in view pixels (SCRL; default: 32, one C5 cell, on GPU; 16 on CPU)")
-    add("--projector-hidden", type=int, help="hidden width of projector and predictor (default: 4096)")
-    add("--projection-dim", type=int, help="output width of projector and predictor (default: 256)")
+    add("--batch-size", type=int, help=f"images per process ({default('batch_size')})")
+    add("--image-size", type=int, help=f"view side in pixels ({default('image_size')})")
+    add("--num-boxes", type=int, help=f"box pairs per image K (SCRL; {default('num_boxes')})")
+    add("--roi-pooling", choices=get_args(RoIPooling),
+        help="where SCRL pools each box: at the trunk's cell centres (exact), or as RoIAlign's aligned=True "
+             f"(Detectron2) / aligned=False (the authors' code) assume ({default('roi_pooling')})")
+    add("--min-box-size", type=float, help=f"smallest box side in view pixels (SCRL; {default('min_box_size')})")
+    add("--projector-hidden", type=int, help=f"hidden width of projector and predictor ({default('projector_hidden')})")
+    add("--projection-dim", type=int, help=f"output width of projector and predictor ({default('projection_dim')})")
     add("--base-lr", type=float, help="learning rate per 256 images (lr = base * global batch / 256)")
     add("--weight-decay", type=float)
     add("--tau-base", type=float, help="target weight tau at step 0 of the cosine schedule")
     add("--warmup-epochs", type=float, help="linear warm-up (default: 10, at most a tenth of --epochs)")
-    add("--workers", type=int, help="data workers per process (default: CPU cores per process - 1, at most 10; 2 on CPU)")
-    add("--synthetic-images", type=int, help="size of the synthetic dataset without --data")
-    add("--output-dir", help="default: runs/pretrain")
-    add("--resume", help="auto (latest checkpoint in --output-dir, if any; the default), a checkpoint path, or none")
-    add("--seed", type=int, help="default: 0")
-    add("--amp", choices=["bf16", "fp16", "off"], help="mixed precision (default: bf16 on GPU, off on CPU)")
+    add("--workers", type=int, help=f"data workers per process (default: CPU cores per process - 1, at most 10; {CPU_DEFAULTS['workers']} on CPU)")
+    add("--synthetic-images", type=int, help=f"size of the synthetic dataset without --data ({default('synthetic_images')})")
+    add("--output-dir", help=default("output_dir"))
+    add("--resume", help=f"auto (latest checkpoint in --output-dir, if any), a checkpoint path, or none ({default('resume')})")
+    add("--overwrite", action="store_true",
+        help="start a new run in an --output-dir that holds another one, moving the old run aside into replaced-<time>/")
+    add("--seed", type=int, help=default("seed"))
+    add("--amp", choices=get_args(Amp), help=f"mixed precision ({default('amp')})")
     add("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on tensor cores)")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--augment-on-device", action="store_true",
         help="workers only decode, crop, resize and flip; colour jitter, grayscale, blur, solarize run batched on the device")
-    add("--save-every", type=int, help="also save every N optimiser steps (0, the default: only at epoch ends, on signals, at the end)")
-    add("--log-every", type=int, help="log every N optimiser steps (default: 10)")
+    add("--save-every", type=int, help=f"also save every N optimiser steps (0: only at epoch ends, on signals, at the end; {default('save_every')})")
+    add("--log-every", type=int, help=f"log at step 1 and every N optimiser steps ({default('log_every')})")
     add("--roi-probe", metavar="DATA",
         help="box dataset for the online RoI probe (COCO .json, YOLO folder, or synthetic[:N]); off by default")
-    add("--roi-probe-every", type=int, metavar="N", help="run the RoI probe every N epochs (and at the end; default: 1)")
+    add("--roi-probe-every", type=int, metavar="N", help=f"run the RoI probe every N epochs (and at the end; {default('roi_probe_every')})")
     add("--roi-probe-size", type=int, help="image side for the RoI probe (default: 2x --image-size)")
-    add("--device", choices=["auto", "cuda", "cpu"], help="default: auto")
-    args = p.parse_args(argv)
-    try:
-        return PretrainConfig(**vars(args))
-    except ValueError as err:  # the config names its fields; say it in flags
-        fields = sorted((f.name for f in dataclasses.fields(PretrainConfig)), key=len, reverse=True)
-        p.error(re.sub(r"(?<![\w-])(" + "|".join(fields) + r")\b", lambda m: "--" + m[1].replace("_", "-"), str(err)))
+    add("--device", choices=get_args(Device), help=default("device"))
+    add("--max-consecutive-unreadable", type=int, metavar="N",
+        help=f"with --data: stop when N files in a row cannot be decoded; fewer are replaced and reported ({default('max_consecutive_unreadable')})")
+    return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) a pretraining run; returns its summary dict (also after a stop by signal)."""
-    return Pretrainer(parse_args(argv)).run()
+    p = parser()
+    args = p.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunWarning)
+        warnings.showwarning = lambda message, *_: print(f"warning: {in_flags(str(message))}", file=sys.stderr, flush=True)
+        try:
+            return Pretrainer(PretrainConfig(**vars(args))).run()
+        except ConfigError as err:  # a setting the run cannot use: name it as a flag, exit 2
+            p.error(in_flags(str(err)))
 
 
 if __name__ == "__main__":

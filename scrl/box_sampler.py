@@ -202,6 +202,9 @@ def sample_box_pairs(
         :class:`BoxPairs` with ``[N, K, 4]`` float32 boxes (``[1, K, 4]`` for a single view).
     """
     _check_args(num_boxes, min_size, iou_threshold, jitter, mode, candidates_per_box)
+    for name, geom in (("geom1", geom1), ("geom2", geom2)):
+        if not isinstance(geom, ViewGeometry):  # ViewGeometry checks its fields' shapes and dtypes
+            raise ValueError(f"{name} must be a ViewGeometry, got {type(geom).__name__}")
     if geom1.flipped.dim() == 0:
         geom1 = ViewGeometry(geom1.crop[None], geom1.flipped[None], geom1.size[None])
         geom2 = ViewGeometry(geom2.crop[None], geom2.flipped[None], geom2.size[None])

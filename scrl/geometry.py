@@ -18,10 +18,16 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ViewGeometry"]
+__all__ = ["ViewGeometry", "check_view_size"]
 
 
-class ViewGeometry(NamedTuple):
+class _Fields(NamedTuple):
+    crop: Tensor
+    flipped: Tensor
+    size: Tensor
+
+
+class ViewGeometry(_Fields):
     """Where a view came from: its crop in the source image, its flip and its size.
 
     A single view holds ``crop`` of shape ``[4]``, ``flipped`` of shape ``[]`` and ``size``
@@ -34,6 +40,10 @@ class ViewGeometry(NamedTuple):
         flipped: bool ``[...]``, whether the view is mirrored left-right after resizing.
         size: float ``[..., 2]``, the view's ``(height, width)`` in view pixels.
 
+    Raises:
+        ValueError: a field has the wrong dtype or shape, or the batch shapes disagree (checked
+            from the tensors' metadata only, so it costs no device synchronisation).
+
     Example:
         >>> g = ViewGeometry.full(640, 480).crop_to([100.0, 50.0, 420.0, 290.0])
         >>> g = g.resize(224, 224).hflip()
@@ -41,9 +51,25 @@ class ViewGeometry(NamedTuple):
         tensor([[  0.,   0., 224., 224.]])
     """
 
-    crop: Tensor
-    flipped: Tensor
-    size: Tensor
+    __slots__ = ()
+
+    def __new__(cls, crop: Tensor, flipped: Tensor, size: Tensor) -> "ViewGeometry":
+        for name, value in (("crop", crop), ("flipped", flipped), ("size", size)):
+            if not isinstance(value, Tensor):
+                raise ValueError(f"ViewGeometry.{name} must be a tensor, got {type(value).__name__}")
+        if not crop.is_floating_point() or crop.dim() < 1 or crop.shape[-1] != 4:
+            raise ValueError(f"ViewGeometry.crop must be a float [..., 4] tensor (x0, y0, x1, y1), got {crop.dtype} {list(crop.shape)}")
+        if not size.is_floating_point() or size.shape != crop.shape[:-1] + (2,):
+            raise ValueError(
+                f"ViewGeometry.size must be a float [..., 2] tensor (height, width) with crop's batch shape "
+                f"{list(crop.shape[:-1])}, got {size.dtype} {list(size.shape)}"
+            )
+        if flipped.dtype != torch.bool or flipped.shape != crop.shape[:-1]:
+            raise ValueError(
+                f"ViewGeometry.flipped must be a bool tensor of crop's batch shape {list(crop.shape[:-1])}, "
+                f"got {flipped.dtype} {list(flipped.shape)}"
+            )
+        return super().__new__(cls, crop, flipped, size)
 
     @classmethod
     def full(cls, width: float, height: float) -> "ViewGeometry":
@@ -155,3 +181,34 @@ class ViewGeometry(NamedTuple):
             self.size.to(device=device, dtype=dtype, non_blocking=non_blocking),
         )
 
+
+def check_view_size(views: Tensor, geom: ViewGeometry, name: str = "view") -> None:
+    """Check that ``geom`` describes views of the size ``views`` have.
+
+    Box pairs are drawn in the pixels the geometry records; views of another size would be
+    pooled at the wrong places without any error. The batch shapes are always compared; the
+    recorded sizes only when the geometry lives on the CPU, where reading them synchronises
+    nothing (geometry already on an accelerator is not read, so a training step never waits),
+    and not under ``torch.compile`` (a value read would break the graph).
+
+    Args:
+        views: ``[3, H, W]`` or ``[B, 3, H, W]`` images.
+        geom: the geometry of one view (``size`` ``[2]``) or of a batch (``[B, 2]``).
+        name: how the error names the views.
+
+    Raises:
+        ValueError: the batch shapes or the sizes differ.
+    """
+    batch = tuple(views.shape[:-3])
+    if tuple(geom.size.shape[:-1]) != batch:
+        raise ValueError(f"{name}: the geometry's batch shape {list(geom.size.shape[:-1])} differs from the views' {list(batch)}")
+    if geom.size.device.type != "cpu" or torch.compiler.is_compiling():  # a value read would break the graph
+        return
+    height, width = views.shape[-2:]
+    wrong = (geom.size[..., 0] != height) | (geom.size[..., 1] != width)
+    if wrong.any():
+        first = geom.size.reshape(-1, 2)[wrong.reshape(-1)][0].tolist()
+        raise ValueError(
+            f"{name} is {height} x {width} px but its geometry says {first[0]:g} x {first[1]:g} (height x width): boxes "
+            "would be drawn in other pixels than the views have; make the views and geometries with the same transform"
+        )

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .box_sampler import BoxPairSampler
-from .geometry import ViewGeometry
+from .geometry import ViewGeometry, check_view_size
 from .losses import scrl_loss
 from .mlp_head import MLPHead
 from .momentum import MomentumTarget
@@ -54,6 +54,9 @@ def _masked_collapse_std(z: Tensor, mask: Tensor | None) -> Tensor:
     mean = (z * weight[:, None]).sum(0) / count
     var = ((z - mean).square() * weight[:, None]).sum(0) / count
     return var.sqrt().mean()
+
+
+_VIEW_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _maps(trunk: nn.Module, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,7 +141,8 @@ class TwoViewModel(nn.Module):
             view2: float ``[B, 3, H2, W2]`` normalised images of view 2.
             geom1: batched :class:`~scrl.ViewGeometry` of view 1 (batch shape ``[B]``); moved to
                 the views' device if needed (keep it there to avoid a copy per step). Needed
-                by box pooling; global pooling ignores it.
+                by box pooling; global pooling ignores it. Its recorded view size must be the
+                views' (checked while it is on the CPU; see :func:`~scrl.geometry.check_view_size`).
             geom2: batched geometry of view 2.
             generator: optional ``torch.Generator`` on the views' device for box sampling.
 
@@ -149,9 +153,16 @@ class TwoViewModel(nn.Module):
             about ``1/sqrt(projection_dim)`` when healthy, 0 on collapse) to detached 0-dim
             tensors on the views' device. Nothing is read back to the host.
         """
-        for name, view in (("view1", view1), ("view2", view2)):
+        for name, view, geom in (("view1", view1, geom1), ("view2", view2, geom2)):
             if view.dim() != 4 or view.shape[1] != 3:
                 raise ValueError(f"{name} must be a float [B, 3, H, W] image batch, got {list(view.shape)}")
+            if view.dtype not in _VIEW_DTYPES:
+                raise ValueError(
+                    f"{name} must be float32, float16 or bfloat16 (normalised images; the trunk's own dtype under "
+                    f"autocast), got {view.dtype}; make uint8 views float with scrl.transforms.normalize_images"
+                )
+            if geom is not None:
+                check_view_size(view, geom, name)
         if view1.shape[0] != view2.shape[0]:
             raise ValueError(f"view1 and view2 must hold the same number of images, got {view1.shape[0]} and {view2.shape[0]}")
         target = self.target.module

@@ -1,4 +1,8 @@
+import errno
 import os
+import re
+import subprocess
+import sys
 import random
 
 import numpy as np
@@ -89,3 +93,45 @@ def test_save_is_synced_and_renamed_and_cleans_leftovers(tmp_path, monkeypatch):
     assert calls == ["fsync", "replace", "fsync"]  # file, rename, folder
     assert ckpt.load_checkpoint(path)["step"] == 2
     assert os.listdir(tmp_path) == ["checkpoint_last.pth"]
+
+
+def test_a_failing_write_names_the_path_and_the_cause_and_keeps_the_old_checkpoint(tmp_path):
+    """A file-size limit makes the write fail part-way, as a full disk would."""
+    path = tmp_path / "checkpoint_last.pth"
+    ckpt.save_checkpoint({"step": 1}, path)
+    script = (
+        "import resource, sys, torch\n"
+        "from scrl.train.checkpoint import save_checkpoint\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    save_checkpoint({{'weights': torch.zeros(100_000)}}, {str(path)!r})\n"
+        "except OSError as err:\n"
+        "    print(type(err).__name__, err.errno, err)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"could not write {path}: File too large" in result.stdout and f" {errno.EFBIG} " in result.stdout
+    assert ckpt.load_checkpoint(path)["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_checkpoints_are_written_with_the_umask_not_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckpt.save_checkpoint({"step": 1}, tmp_path / "a.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "is empty"), (b"not a checkpoint", "is not a readable checkpoint"), (None, "holds a Tensor, not a checkpoint dict")],
+)
+def test_unreadable_checkpoints_raise_a_checkpoint_error_naming_the_path(tmp_path, content, message):
+    path = tmp_path / "bad.pth"
+    if content is None:
+        torch.save(torch.zeros(2), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(str(path)) + ".*" + message):
+        ckpt.load_checkpoint(path)

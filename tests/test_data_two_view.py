@@ -12,8 +12,17 @@ def _noisy_views(image):
     """Draws from every global generator a transform might use; the result records the draws."""
     draw = torch.tensor([torch.rand(()).item(), random.random(), np.random.rand()])
     view = (draw * 255).to(torch.uint8).view(3, 1, 1).expand(3, 4, 4).clone()
-    geom = ViewGeometry.full(image.width, image.height)
+    geom = ViewGeometry.full(image.width, image.height).resize(4, 4)
     return view, view.clone(), geom, geom
+
+
+def test_a_transform_whose_geometry_does_not_describe_its_views_is_refused():
+    def wrong_size(image):
+        view = torch.zeros(3, 4, 4, dtype=torch.uint8)
+        return view, view, ViewGeometry.full(image.width, image.height).resize(4, 4), ViewGeometry.full(image.width, image.height)
+
+    with pytest.raises(ValueError, match=r"view2 is 4 x 4 px but its geometry says 32 x 32"):
+        TwoViewDataset(SyntheticScenes(2, image_size=32), wrong_size)[0]
 
 
 def test_sampler_order_depends_on_seed_and_epoch_and_resumes_mid_epoch():
@@ -78,7 +87,7 @@ def test_collate_keeps_views_separate_and_batches_geometries():
     ds = TwoViewDataset(SyntheticScenes(4, image_size=40), _noisy_views)
     batch = collate_two_views([ds[i] for i in range(3)])
     assert batch.view1.shape == batch.view2.shape == (3, 3, 4, 4) and batch.view1.dtype == torch.uint8
-    assert batch.geom1.crop.shape == (3, 4) and batch.geom1.flipped.shape == (3,) and batch.skipped == ()
+    assert batch.geom1.crop.shape == (3, 4) and batch.geom1.flipped.shape == (3,) and batch.skipped == {}
     moved = batch.to("cpu", non_blocking=True)
     assert isinstance(moved.geom2, ViewGeometry) and moved.skipped == batch.skipped
     assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(moved.geom2, batch.geom2))
@@ -94,7 +103,7 @@ class _Replacing(torch.utils.data.Dataset):
         return len(self.scenes)
 
     def load(self, index):
-        return self.scenes[index][0], [f"broken/{index}.jpg"]
+        return self.scenes[index][0], {f"broken/{index}.jpg": "OSError: truncated"}
 
     def __getitem__(self, index):
         raise AssertionError("a dataset with load() is read through it")
@@ -104,7 +113,7 @@ def test_images_come_from_load_when_a_dataset_has_it_else_from_indexing():
     scenes = SyntheticScenes(3, image_size=32)
     reference = TwoViewDataset(scenes, _noisy_views, seed=1)[(0, 2)]
     replacing = TwoViewDataset(_Replacing(), _noisy_views, seed=1)[(0, 2)]
-    assert replacing[4] == ("broken/2.jpg",) and reference[4] == ()  # (image, boxes, labels) items: first element
+    assert replacing[4] == {"broken/2.jpg": "OSError: truncated"} and reference[4] == {}  # (image, boxes, labels) items: first element
     assert torch.equal(replacing[2].crop, reference[2].crop) and torch.equal(replacing[0], reference[0])
     plain = TwoViewDataset([scenes[i][0] for i in range(3)], _noisy_views, seed=1)[(0, 2)]  # items are images
-    assert plain[4] == () and torch.equal(plain[2].crop, reference[2].crop)
+    assert plain[4] == {} and torch.equal(plain[2].crop, reference[2].crop)

@@ -3,6 +3,7 @@ import torch
 from torch.utils.data import default_collate
 
 from scrl import ViewGeometry
+from scrl.geometry import check_view_size
 
 
 def random_geometry(generator: torch.Generator, width: float = 500.0, height: float = 375.0) -> ViewGeometry:
@@ -93,3 +94,40 @@ def test_to_casts_crop_and_size_keeps_the_flip_and_moves_asynchronously():
         pinned = ViewGeometry(*(t.pin_memory() for t in batch))
         moved = pinned.to("cuda", non_blocking=True)
         assert all(t.is_cuda for t in moved) and all(torch.equal(a.cpu(), b) for a, b in zip(moved, batch))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ((torch.zeros(3), torch.tensor(False), torch.zeros(2)), r"crop must be a float \[\.\.\., 4\]"),
+        ((torch.zeros(4, dtype=torch.int64), torch.tensor(False), torch.zeros(2)), r"crop must be a float .*torch.int64"),
+        ((torch.zeros(2, 4), torch.zeros(2, dtype=torch.bool), torch.zeros(2)), r"size must be a float \[\.\.\., 2\] .*batch shape \[2\]"),
+        ((torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, 2)), r"flipped must be a bool tensor .*torch.float32"),
+        ((torch.zeros(2, 4), torch.zeros(3, dtype=torch.bool), torch.zeros(2, 2)), r"flipped must be .* \[2\], got torch.bool \[3\]"),
+        (([0.0, 0.0, 1.0, 1.0], torch.tensor(False), torch.zeros(2)), "crop must be a tensor, got list"),
+    ],
+)
+def test_fields_of_the_wrong_shape_or_dtype_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ViewGeometry(*fields)
+
+
+def test_batching_and_replacing_keep_a_valid_geometry():
+    g = ViewGeometry.full(64, 48).resize(32, 32)
+    batch = torch.utils.data.default_collate([g, g.hflip()])
+    assert isinstance(batch, ViewGeometry) and batch.flipped.tolist() == [False, True]
+    assert batch._replace(size=batch.size * 2).size.shape == (2, 2)
+
+
+def test_check_view_size_compares_cpu_geometry_and_only_shapes_elsewhere():
+    geom = torch.utils.data.default_collate([ViewGeometry.full(64, 48).resize(32, 40)] * 2)
+    check_view_size(torch.zeros(2, 3, 32, 40), geom)
+    with pytest.raises(ValueError, match=r"view is 40 x 32 px but its geometry says 32 x 40"):
+        check_view_size(torch.zeros(2, 3, 40, 32), geom)
+    with pytest.raises(ValueError, match=r"batch shape \[2\] differs from the views' \[3\]"):
+        check_view_size(torch.zeros(3, 3, 32, 40), geom)
+    # On an accelerator the recorded sizes are not read (that would wait for the device); shapes still are.
+    on_meta = geom.to("meta")
+    check_view_size(torch.zeros(2, 3, 40, 32, device="meta"), on_meta)
+    with pytest.raises(ValueError, match="batch shape"):
+        check_view_size(torch.zeros(3, 3, 32, 40, device="meta"), on_meta)

@@ -197,17 +197,33 @@ def test_custom_trunk_and_larger_roi_output():
     assert logs["valid_share"] > 0 and body[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("cls", [SCRL, BYOL])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float64, torch.int32])
+def test_views_of_a_dtype_the_trunk_cannot_take_are_named(cls, dtype):
+    v1, v2, g1, g2 = view_batch(2)
+    with pytest.raises(ValueError, match=f"view1 must be float32, float16 or bfloat16.*got {dtype}"):
+        cls("resnet18", **SMALL)(v1.to(dtype), v2, g1, g2)
+
+
+def test_geometry_of_another_view_size_is_refused():
+    """96-px views with geometry that records 64-px views would pool boxes in the wrong pixels."""
+    v1, v2, g1, g2 = view_batch(2)
+    big = torch.nn.functional.interpolate(v1, scale_factor=1.5)
+    with pytest.raises(ValueError, match=rf"view1 is {big.shape[-2]} x {big.shape[-1]} px but its geometry says"):
+        SCRL("resnet18", **SMALL)(big, v2, g1, g2)
+
+
 def test_argument_checks():
     model = SCRL("resnet18", **SMALL)
     v1, v2, g1, g2 = view_batch(2)
     with pytest.raises(ValueError, match="geom1"):
         model(v1, v2)
-    with pytest.raises(ValueError, match="geom2"):
+    with pytest.raises(ValueError, match=r"view2: the geometry's batch shape \[1\] differs from the views' \[2\]"):
         model(v1, v2, g1, ViewGeometry(g2.crop[:1], g2.flipped[:1], g2.size[:1]))
     with pytest.raises(ValueError, match="view1"):
         model(v1[0], v2, g1, g2)
     with pytest.raises(ValueError, match="same number"):
-        model(v1, v2[:1], g1, g2)
+        model(v1, v2[:1], g1, ViewGeometry(g2.crop[:1], g2.flipped[:1], g2.size[:1]))
     with pytest.raises(ValueError, match="tau_base"):
         BYOL("resnet18", tau_base=1.5)
     with pytest.raises(ValueError, match="roi_output_size"):

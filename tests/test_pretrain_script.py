@@ -73,6 +73,23 @@ def test_flags_run_the_same_training_as_the_library(script_main, reference, tmp_
     _assert_same_weights(_checkpoint(tmp_path), _checkpoint(ref_dir))
 
 
+def test_a_refused_resume_and_a_warning_name_the_flags(script_main, reference, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    with pytest.raises(SystemExit) as exit_info:
+        script_main(TINY + ["--output-dir", str(out), "--base-lr", "4.5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--base-lr: 0.45 in the checkpoint, 4.5 now" in err and "with --overwrite, which moves the old run aside" in err
+    with pytest.raises(SystemExit):
+        script_main(TINY + ["--output-dir", str(out), "--resume", "none"])
+    assert "--resume='none' starts a new run" in capsys.readouterr().err
+    script_main(TINY + ["--output-dir", str(tmp_path / "byol"), "--method", "byol", "--num-boxes", "4", "--max-steps", "1"])
+    assert "warning: --num-boxes has no effect with --method='byol'" in capsys.readouterr().err
+
+
 def test_cpu_defaults_are_announced(script_main, tmp_path, capsys):
     summary = script_main(["--device", "cpu", "--synthetic-images", "32", "--max-steps", "1", "--projector-hidden", "32",
                            "--projection-dim", "16", "--workers", "0", "--output-dir", str(tmp_path)])
@@ -98,8 +115,8 @@ def test_cpu_defaults_are_announced(script_main, tmp_path, capsys):
         (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         (["--save-every", "-1"], "--save-every must be >= 0, got -1"),
         (["--min-box-size", "0"], "--min-box-size must be > 0, got 0.0"),
-        (["--image-size", "40", "--min-box-size", "100"], "--min-box-size must be at most --image-size (40), got 100.0"),
-        (["--resume", "/no/such/checkpoint.pth"], "--resume '/no/such/checkpoint.pth': no such checkpoint file"),
+        (["--image-size", "40", "--min-box-size", "100"], "--min-box-size must be at most --image-size=40, got 100.0"),
+        (["--resume", "/no/such/checkpoint.pth"], "--resume='/no/such/checkpoint.pth': no such checkpoint file"),
         (["--method", "simclr"], "invalid choice: 'simclr'"),
     ],
 )
@@ -160,8 +177,18 @@ def test_two_processes_with_gloo_keep_identical_weights_and_resume(tmp_path):
     start = _metrics(tmp_path)[0]
     assert start["world_size"] == 2 and start["lr"] == pytest.approx(0.45 * 4 / 256)
 
-    second = _run(torchrun + args)
+    second = _run(torchrun + args + ["--max-steps", "2"])
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed from" in second.stdout and "step 1, epoch 0, batch 1" in second.stdout
     assert _metrics(tmp_path)[-1]["event"] == "end" and _metrics(tmp_path)[-1]["ranks_identical"] is True
-    assert _checkpoint(tmp_path)["step"] == 4
+    assert _checkpoint(tmp_path)["step"] == 2
+
+    # One process with twice the batch: the same 4 images per step and schedule, so it continues (and says how).
+    third = _run([sys.executable, str(SCRIPT), *TINY, "--batch-size", "4", "--output-dir", str(tmp_path)])
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "2 process(es) x --batch-size=2, this run has 1 x 4: the same 4 images per step" in third.stderr
+    assert "step 2, epoch 1, batch 0" in third.stdout and _checkpoint(tmp_path)["step"] == 4
+    # Another global batch would change the schedule: refused.
+    fourth = _run([sys.executable, str(SCRIPT), *TINY, "--batch-size", "2", "--output-dir", str(tmp_path), "--epochs", "3"])
+    assert fourth.returncode == 2 and "--epochs: 2 in the checkpoint, 3 now" in fourth.stderr
+    assert "global_batch: 4 in the checkpoint, 2 now" in fourth.stderr

@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -100,16 +101,40 @@ def test_cpu_defaults_gpu_defaults_presets_and_their_precedence():
         (dict(image_size=16), "image_size must be >= 32, got 16"),
         (dict(batch_size=0), "batch_size must be >= 1, got 0"),
         (dict(save_every=-1), "save_every must be >= 0, got -1"),
-        (dict(image_size=40, min_box_size=100.0), "min_box_size must be at most image_size (40), got 100.0"),
+        (dict(image_size=40, min_box_size=100.0), "min_box_size must be at most image_size=40, got 100.0"),
         (dict(method="simclr"), "method must be one of ['scrl', 'byol'], got 'simclr'"),
         (dict(preset="300ep"), "preset must be one of ['200ep', '1000ep', '1000ep-released'], got '300ep'"),
-        (dict(resume="/no/such/checkpoint.pth"), "resume '/no/such/checkpoint.pth': no such checkpoint file"),
+        (dict(resume="/no/such/checkpoint.pth"), "resume='/no/such/checkpoint.pth': no such checkpoint file"),
+        (dict(max_consecutive_unreadable=0), "max_consecutive_unreadable must be >= 1, got 0"),
     ],
 )
 def test_out_of_range_setting_is_a_value_error_naming_the_field(settings, message):
     with pytest.raises(ValueError) as info:
         PretrainConfig(**settings)
     assert message in str(info.value)
+
+
+def test_boundary_values_of_the_checked_settings_are_accepted():
+    config = PretrainConfig(weight_decay=0.0, tau_base=0.0, warmup_epochs=0.0, image_size=32, roi_probe_size=32,
+                            projector_hidden=1, projection_dim=1, min_box_size=32.0, save_every=0, workers=0)
+    assert (config.weight_decay, config.tau_base, config.image_size, config.min_box_size) == (0.0, 0.0, 32, 32.0)
+    assert PretrainConfig(tau_base=1, base_lr=1).tau_base == 1  # ints where floats go
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(batch_size=2.5), "batch_size must be an int, got 2.5"),
+        (dict(epochs=True), "epochs must be an int, got True"),
+        (dict(epochs="3"), "epochs must be an int, got '3'"),
+        (dict(channels_last="no"), "channels_last must be a bool, got 'no'"),
+        (dict(output_dir=None), "output_dir must be a str, got None"),
+        (dict(base_lr="0.1"), "base_lr must be an int or float, got '0.1'"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_named(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PretrainConfig(**settings)
 
 
 def test_config_is_frozen_and_round_trips_through_its_dict():
@@ -298,7 +323,8 @@ def test_augment_on_device_finishes_geometry_only_views_and_resumes_exactly(tmp_
 def test_resume_may_switch_to_fp16_loss_scaling_and_back(tmp_path):
     run(tmp_path, max_steps=1)
     assert checkpoint(tmp_path)["scaler"] == {}  # no loss scaling without fp16
-    run(tmp_path, amp="fp16", max_steps=2)
+    with pytest.warns(pretrainer.RunWarning, match="amp='fp16' on the CPU"):
+        run(tmp_path, amp="fp16", max_steps=2)
     assert checkpoint(tmp_path)["scaler"]["scale"] in (2.0**16, 2.0**15)  # a fresh scale after one step (halved if it overflowed)
     assert run(tmp_path, max_steps=3)["step"] == 3
 
@@ -321,24 +347,28 @@ def test_folder_with_corrupt_files_trains_and_reports_them(tmp_path, capsys):
     (data / "class_b").mkdir()
     truncated, text = _write_folder(data)
     out = tmp_path / "run"
-    summary = run(out, data=str(data), epochs=1, workers=2)
+    summary = run(out, data=str(data), synthetic_images=None, epochs=1, workers=2)
     assert summary["step"] == 4 and summary["skipped_files"] == sorted([str(truncated), str(text)])
     printed = capsys.readouterr()
     assert str(truncated) in printed.out and str(text) in printed.out
     records = [r for r in metrics(out) if "loss" in r]
     assert records[-1]["skipped_files"] == 2
     assert sorted(p for r in records for p in r["new_skipped_files"]) == sorted([str(truncated), str(text)])
-    assert checkpoint(out)["skipped_files"] == sorted([str(truncated), str(text)])
+    assert sorted(checkpoint(out)["skipped_files"]) == sorted([str(truncated), str(text)])
+    # Each file once per run, with its reason, though two workers met it (and met it again in epoch 2).
+    lines = [line for line in printed.out.splitlines() if line.startswith("skipped unreadable file")]
+    assert sorted(lines) == sorted(f"skipped unreadable file: {p} ({checkpoint(out)['skipped_files'][p]})" for p in (str(truncated), str(text)))
+    assert "skipp" not in printed.err
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(ValueError, match="empty.*contains no images"):
-        run(tmp_path / "run", data=str(tmp_path / "empty"), workers=2)
+        run(tmp_path / "run", data=str(tmp_path / "empty"), synthetic_images=None, workers=2)
 
 
 def test_too_few_images_for_one_batch_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="3 images give no full batch of 4"):
+    with pytest.raises(ValueError, match="3 images give no full batch of batch_size=4"):
         run(tmp_path, synthetic_images=3)
 
 
@@ -347,13 +377,21 @@ def test_own_dataset_and_own_model(tmp_path, capsys):
     images = [SyntheticScenes(8, image_size=96, seed=3)[i][0] for i in range(8)]
     torch.manual_seed(0)
     model = scrl.SCRL(scrl.resnet_trunk("resnet18"), num_boxes=4, min_size=16, projector_hidden=32, projection_dim=16)
-    trainer = Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path), "max_steps": 2}), dataset=images, model=model)
+    settings = {k: v for k, v in TINY.items() if k not in ("arch", "projector_hidden", "projection_dim", "tau_base", "synthetic_images")}
+    trainer = Pretrainer(PretrainConfig(**settings, output_dir=str(tmp_path), max_steps=2), dataset=images, model=model)
     assert trainer.model is model and len(trainer.dataset) == 8
     summary = trainer.run()
     assert summary["step"] == 2 and "SCRL (given model): 8 images" in capsys.readouterr().out
     assert checkpoint(tmp_path)["model"]["projector.fc1.weight"].shape == (32, 512)
     backbone = torch.load(tmp_path / "backbone_torchvision.pth", weights_only=True)
     assert torch.equal(backbone["conv1.weight"], model.trunk.body.conv1.weight.detach())
+
+
+def test_a_pretrainer_runs_once(tmp_path):
+    trainer = Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path), "max_steps": 1}))
+    trainer.run()
+    with pytest.raises(RuntimeError, match="runs once"):
+        trainer.run()
 
 
 def test_config_must_be_a_pretrain_config():
@@ -372,3 +410,153 @@ def test_the_snippet_in_docs_pretraining_runs_resumes_and_exports(tmp_path, monk
     assert namespace["summary"]["step"] == 4 and namespace["summary"]["stopped_by"] is None
     assert "resumed from runs/demo/checkpoint_last.pth: step 2" in capsys.readouterr().out
     assert checkpoint(tmp_path / "runs" / "demo")["step"] == 4
+
+
+# ---------------------------------------------------------------------------------------- a run never lies
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    """A run stopped after 2 of its 4 steps (a checkpoint to resume), copied afresh for each test."""
+    out = tmp_path_factory.mktemp("two_steps")
+    run(out, max_steps=2)
+    return out
+
+
+def copy_of(run_dir, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "change, field, saved, given",
+    [
+        (dict(method="byol"), "method", "'scrl'", "'byol'"),
+        (dict(arch="resnet34"), "arch", "'resnet18'", "'resnet34'"),
+        (dict(image_size=96), "image_size", "64", "96"),
+        (dict(num_boxes=5), "num_boxes", "10", "5"),
+        (dict(seed=1), "seed", "0", "1"),
+        (dict(synthetic_images=12), "images", "8", "12"),
+        (dict(projection_dim=8), "projection_dim", "16", "8"),
+        (dict(base_lr=4.5), "base_lr", "0.45", "4.5"),
+        (dict(weight_decay=1e-5), "weight_decay", "1e-06", "1e-05"),
+        (dict(epochs=3), "epochs", "2", "3"),
+        (dict(batch_size=2), "global_batch", "4", "2"),
+    ],
+)
+def test_resume_refuses_another_run_naming_the_field_and_both_values(two_steps, tmp_path, change, field, saved, given):
+    out = copy_of(two_steps, tmp_path)
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=rf"cannot resume {out / 'checkpoint_last.pth'}: it is another run \(.*{field}: {saved} in the checkpoint, {given} now"):
+        run(out, **change)
+    assert (out / "metrics.jsonl").read_text() == before and checkpoint(out)["step"] == 2  # nothing written
+
+
+def test_resume_may_change_what_does_not_change_the_run(two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    summary = run(out, workers=2, log_every=3, save_every=1, amp="bf16", roi_probe="synthetic:8", roi_probe_size=64)
+    assert summary["step"] == 4
+
+
+def test_overwrite_starts_a_new_run_with_other_settings_and_moves_the_old_one_aside(two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    old_checkpoint = (out / "checkpoint_last.pth").read_bytes()
+    summary = run(out, base_lr=4.5, max_steps=1, overwrite=True)
+    assert summary["step"] == 1 and checkpoint(out)["args"]["base_lr"] == 4.5
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "checkpoint_last.pth").read_bytes() == old_checkpoint and (aside / "metrics.jsonl").exists()
+    assert [r["event"] for r in metrics(out) if "event" in r][0] == "start"
+    assert sum(r.get("event") == "start" for r in metrics(out)) == 1  # the new metrics.jsonl holds this run only
+
+
+@pytest.mark.parametrize("settings", [dict(resume="none"), dict(resume="auto")])
+def test_a_new_run_is_refused_in_a_folder_that_holds_another(two_steps, tmp_path, settings):
+    out = copy_of(two_steps, tmp_path)
+    if settings["resume"] == "auto":  # a run that never got to its first checkpoint
+        (out / "checkpoint_last.pth").unlink()
+    with pytest.raises(ValueError, match=rf"output_dir='{out}' holds another run \(.*metrics.jsonl.*\).*overwrite=True"):
+        run(out, **settings)
+    summary = run(out, **settings, overwrite=True, max_steps=1)
+    assert summary["step"] == 1 and len(list(out.glob("replaced-*"))) == 1
+
+
+def test_resuming_another_runs_checkpoint_into_a_folder_with_a_run_is_refused(two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    elsewhere = copy_of(two_steps, tmp_path / "b")
+    with pytest.raises(ValueError, match=rf"holds another run .* this run resumes {elsewhere / 'checkpoint_last.pth'} instead"):
+        run(out, resume=str(elsewhere / "checkpoint_last.pth"))
+    assert run(tmp_path / "fresh", resume=str(elsewhere / "checkpoint_last.pth"))["step"] == 4  # into an empty folder
+
+
+def test_torn_empty_and_foreign_checkpoints_are_named(two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    path = out / "checkpoint_last.pth"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{path} is not a readable checkpoint .*torn"):
+        run(out)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{path} is empty"):
+        run(out)
+    backbone = out / "backbone.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), backbone)
+    with pytest.raises(ValueError, match=rf"{backbone} is not a training checkpoint of scrl.train \(it holds only weights"):
+        run(tmp_path / "other", resume=str(backbone))
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        run(tmp_path, max_steps=1)
+    finally:
+        os.umask(old)
+    for name in ("checkpoint_last.pth", "backbone_torchvision.pth", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_boxes_that_cannot_fit_stop_the_run_at_the_start(tmp_path):
+    with pytest.raises(ValueError, match=r"no box pair fits: min_box_size=33 px boxes in image_size=33 px views .*raise image_size=33 or lower min_box_size=33"):
+        run(tmp_path, image_size=33, min_box_size=33.0)
+    assert not tmp_path.joinpath("metrics.jsonl").exists()
+
+
+def test_few_boxes_warn_at_the_start_and_in_the_run(tmp_path):
+    with pytest.warns(pretrainer.RunWarning) as caught:
+        run(tmp_path, image_size=33, min_box_size=16.0, epochs=6, log_every=5)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("only ") and "of the box slots hold a pair" in m for m in messages)
+    assert any("held a pair in the steps logged up to step 10" in m for m in messages)
+    logged = [r["message"] for r in metrics(tmp_path) if r.get("event") == "warning"]
+    assert logged == [m for m in messages if "box slots" in m]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(epochs=1, warmup_epochs=5.0), "warmup_epochs=5.0 is as long as the whole run (epochs=1)"),
+        (dict(amp="fp16"), "amp='fp16' on the CPU is emulated"),
+        (dict(method="byol", num_boxes=5), "num_boxes has no effect with method='byol'"),
+        (dict(roi_probe_every=2), "roi_probe_every has no effect when roi_probe=None"),
+    ],
+)
+def test_settings_that_will_not_do_what_they_say_warn(tmp_path, settings, message):
+    with pytest.warns(pretrainer.RunWarning, match=re.escape(message)):
+        run(tmp_path, **{"max_steps": 1, **settings})
+    assert any(r.get("event") == "warning" and message in r["message"] for r in metrics(tmp_path))
+
+
+def test_model_settings_beside_a_given_model_warn(tmp_path):
+    model = scrl.BYOL("resnet18", projector_hidden=32, projection_dim=16)
+    with pytest.warns(pretrainer.RunWarning) as caught:
+        Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path), "max_steps": 1}), model=model).run()
+    ignored = {str(w.message).split()[0] for w in caught if "has no effect with a given model" in str(w.message)}
+    assert ignored == {"arch", "projector_hidden", "projection_dim", "tau_base"}
+
+
+def test_the_first_progress_line_comes_at_step_one(tmp_path, capsys):
+    run(tmp_path, log_every=10, max_steps=3)
+    out = capsys.readouterr().out
+    assert "epoch 0 step 1/3 loss" in out and "step 2/3" not in out and "step 3/3 loss" in out

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-from ..geometry import ViewGeometry
+from ..geometry import ViewGeometry, check_view_size
 
 __all__ = ["TwoViewDataset", "TwoViewBatch", "collate_two_views", "mix_seed"]
 
@@ -41,14 +41,14 @@ class TwoViewBatch(NamedTuple):
         view2: ``[B, 3, H, W]`` view-2 images.
         geom1: batched :class:`~scrl.ViewGeometry` of view 1 (``crop`` ``[B, 4]`` source px ...).
         geom2: batched geometry of view 2.
-        skipped: paths of unreadable files replaced while building this batch.
+        skipped: unreadable files replaced while building this batch, path to reason.
     """
 
     view1: Tensor
     view2: Tensor
     geom1: ViewGeometry
     geom2: ViewGeometry
-    skipped: tuple[str, ...]
+    skipped: dict[str, str]
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "TwoViewBatch":
         """Move views and geometries to ``device`` (asynchronously from pinned memory with ``non_blocking``)."""
@@ -61,7 +61,7 @@ class TwoViewBatch(NamedTuple):
         )
 
 
-def collate_two_views(items: Sequence[tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, tuple[str, ...]]]) -> TwoViewBatch:
+def collate_two_views(items: Sequence[tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, dict[str, str]]]) -> TwoViewBatch:
     """Stack :class:`TwoViewDataset` items into a :class:`TwoViewBatch` (views stay separate, never concatenated)."""
     view1, view2, geom1, geom2, skipped = zip(*items)
     return TwoViewBatch(
@@ -69,7 +69,7 @@ def collate_two_views(items: Sequence[tuple[Tensor, Tensor, ViewGeometry, ViewGe
         torch.stack(view2),
         default_collate(list(geom1)),
         default_collate(list(geom2)),
-        tuple(path for paths in skipped for path in paths),
+        {path: reason for paths in skipped for path, reason in paths.items()},
     )
 
 
@@ -88,7 +88,7 @@ class TwoViewDataset(Dataset):
 
     Images come from the dataset by a duck-typed protocol. A dataset that replaces unreadable
     files (such as :class:`~scrl.data.ImageFolderDataset`) exposes
-    ``load(index) -> (PIL image, list of skipped paths)``, and the skipped paths are reported
+    ``load(index) -> (PIL image, {skipped path: reason})``, and the skipped files are reported
     in the item. Any other dataset is read as ``dataset[index]``: the item itself when it is an
     image, or its first element when it is a tuple (object-box datasets give
     ``(image, boxes, labels)``).
@@ -99,8 +99,9 @@ class TwoViewDataset(Dataset):
             ``scrl.TwoViewTransform.byol(size=224, photometric="device")``.
         seed: base seed of the augmentations, >= 0.
 
-    Each item is ``(view1, view2, geom1, geom2, skipped_paths)``; batch them with
-    :func:`collate_two_views`.
+    Each item is ``(view1, view2, geom1, geom2, skipped)`` with ``skipped`` a dict of unreadable
+    paths to reasons; batch them with :func:`collate_two_views`. A view whose size differs from
+    the size its geometry records is a ``ValueError`` here, in the worker, before any training.
 
     Example:
         >>> ds = TwoViewDataset(SyntheticScenes(512), TwoViewTransform.byol(size=96, output="uint8"), seed=0)
@@ -119,15 +120,15 @@ class TwoViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def _image(self, index: int) -> tuple[Any, tuple[str, ...]]:
+    def _image(self, index: int) -> tuple[Any, dict[str, str]]:
         load = getattr(self.dataset, "load", None)
         if callable(load):
             image, skipped = load(index)
-            return image, tuple(skipped)
+            return image, dict(skipped)
         item = self.dataset[index]
-        return (item[0] if isinstance(item, tuple) else item), ()
+        return (item[0] if isinstance(item, tuple) else item), {}
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, tuple[str, ...]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, dict[str, str]]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image, skipped = self._image(index)
         seed = mix_seed(self.seed, epoch, index)
@@ -143,6 +144,8 @@ class TwoViewDataset(Dataset):
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
+        check_view_size(view1, geom1, "view1")
+        check_view_size(view2, geom2, "view2")
         return view1, view2, geom1, geom2, skipped
 
     def __repr__(self) -> str:

@@ -4,8 +4,8 @@ are made of (optimiser, schedules, checkpoints, processes, stop signals, telemet
 from importlib import import_module
 from typing import Any
 
-from .checkpoint import latest_checkpoint, load_checkpoint, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import CPU_DEFAULTS, GPU_DEFAULTS, PRESETS, PretrainConfig
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import CPU_DEFAULTS, GPU_DEFAULTS, PRESETS, ConfigError, PretrainConfig
 from .lars import LARS, lars_param_groups
 from .schedule import cosine_tau, warmup_cosine, warmup_cosine_factor
 from .stop_signal import StopSignal
@@ -13,12 +13,13 @@ from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
 # The engine imports the method (models, data, evaluation), which imports its schedules from
 # here: importing these on first use keeps ``import scrl`` free of that cycle.
-_LAZY = {name: ".pretrainer" for name in ("BACKBONE_FILE", "Pretrainer", "build_dataset", "build_model", "weights_digest")}
+_LAZY = {name: ".pretrainer" for name in ("Pretrainer", "RunWarning", "build_dataset", "build_model", "weights_digest")}
 
 __all__ = [
-    "BACKBONE_FILE",
     "build_dataset",
     "build_model",
+    "CheckpointError",
+    "ConfigError",
     "cosine_tau",
     "CPU_DEFAULTS",
     "DeviceMeans",
@@ -32,8 +33,8 @@ __all__ = [
     "PRESETS",
     "PretrainConfig",
     "Pretrainer",
-    "restore_checkpoint",
     "rng_state",
+    "RunWarning",
     "save_checkpoint",
     "set_rng_state",
     "StopSignal",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import random
 import tempfile
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "restore_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
 
 LAST_CHECKPOINT = "checkpoint_last.pth"
 
@@ -60,16 +61,41 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
         os.remove(stale)
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
     try:
+        # mkstemp makes the file private (0600); the run's other outputs follow the umask.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(state), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        cause = _os_error(exc)
+        if cause is not None:  # torch reports a failed write as "unexpected pos"; say what failed
+            raise OSError(cause.errno, f"could not write {path}: {cause.strerror or cause}") from exc
         raise
     _fsync_dir(directory)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The operating-system error behind ``exc`` (torch wraps a failed write in a RuntimeError)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint: empty, torn, or something else; the message names the path."""
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: torch.device | str = "cpu", weights_only: bool = True) -> dict:
@@ -84,36 +110,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: torch.device | str = 
 
     Returns:
         The saved dict.
-    """
-    return torch.load(os.fspath(path), map_location=map_location, weights_only=weights_only)
-
-
-def restore_checkpoint(path: str | os.PathLike, map_location: torch.device | str = "cpu", **stateful: Any) -> dict:
-    """Load a checkpoint and hand each named entry to the matching object's ``load_state_dict``.
-
-    Args:
-        path: the checkpoint file (loaded with ``weights_only=True``).
-        map_location: device for all tensors (each rank's own device).
-        **stateful: objects with ``load_state_dict`` (model, optimizer, scheduler, grad scaler),
-            each restored from the checkpoint entry of the same name.
-
-    Returns:
-        The whole checkpoint, for the remaining entries (step, epoch, RNG states, ...).
 
     Raises:
-        KeyError: the checkpoint lacks an entry for one of ``stateful``.
-
-    Example:
-        >>> ckpt = restore_checkpoint(path, device, model=model, optimizer=opt, scheduler=sched)
-        >>> start_step = ckpt["step"]
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is empty, torn (cut short, e.g. by a crash while copying it),
+            or not a dict saved by :func:`torch.save`; the message names the path.
     """
-    checkpoint = load_checkpoint(path, map_location)
-    missing = sorted(set(stateful) - set(checkpoint))
-    if missing:
-        raise KeyError(f"checkpoint {os.fspath(path)!r} has no entries {missing}; it holds {sorted(checkpoint)}")
-    for name, obj in stateful.items():
-        obj.load_state_dict(checkpoint[name])
-    return checkpoint
+    path = os.fspath(path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc).split('. ')[0].strip(chr(39))}); "
+            "it may be torn (cut short while it was written or copied) or not a file saved by torch.save"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:

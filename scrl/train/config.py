@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["CPU_DEFAULTS", "GPU_DEFAULTS", "PRESETS", "PretrainConfig"]
+__all__ = ["ConfigError", "CPU_DEFAULTS", "GPU_DEFAULTS", "IDENTITY_FIELDS", "PRESETS", "PretrainConfig", "SCHEDULE_FIELDS"]
 
 # Hyper-parameters of the paper (SCRL, CVPR 2021: Sec. 4.1 and Table A5) and of the authors'
 # released 1000-epoch config; the learning rate is per 256 images.
@@ -27,6 +27,26 @@ CPU_DEFAULTS: dict[str, Any] = dict(
     arch="resnet18", image_size=64, batch_size=32, amp="off", synthetic_images=512, workers=2, epochs=10, min_box_size=16.0
 )
 _DEFAULT_PRESET = {True: "1000ep", False: "200ep"}
+# The same on every device; kept None until resolved so that a run can tell a setting given
+# for nothing (num_boxes with BYOL, say) from the default.
+FIXED_DEFAULTS: dict[str, Any] = dict(
+    method="scrl", num_boxes=10, roi_pooling="exact", projector_hidden=4096, projection_dim=256, roi_probe_every=1
+)
+# What a checkpoint continues. A resumed run must agree with it on these, or be refused (see
+# docs/pretraining.md, "What a run refuses, and why"): the run's identity (what is trained, on
+# what) and its schedule (what the learning rate, weight decay and tau follow). The global batch
+# (batch_size x processes) and the steps per epoch must agree too; everything else may change.
+IDENTITY_FIELDS = (
+    "method", "arch", "projector_hidden", "projection_dim", "num_boxes", "min_box_size", "roi_pooling", "image_size",
+    "data", "synthetic_images", "seed",
+)
+SCHEDULE_FIELDS = ("epochs", "base_lr", "weight_decay", "tau_base", "warmup_epochs")
+MODEL_FIELDS = ("method", "arch", "projector_hidden", "projection_dim", "num_boxes", "min_box_size", "roi_pooling", "tau_base")
+BOX_FIELDS = ("num_boxes", "min_box_size", "roi_pooling")
+
+
+class ConfigError(ValueError):
+    """A setting, or a combination of settings, that the run cannot use; the message names the fields."""
 
 Method = Literal["scrl", "byol"]
 RoIPooling = Literal["exact", "aligned", "unaligned"]
@@ -50,14 +70,28 @@ _RANGES = (
     ("save_every", lambda v: v >= 0, ">= 0"),
     ("workers", lambda v: v >= 0, ">= 0"),
     ("seed", lambda v: v >= 0, ">= 0"),
+    ("max_consecutive_unreadable", lambda v: v >= 1, ">= 1"),
 )
 _CHOICES = {
-    "method": ("scrl", "byol"),
-    "roi_pooling": ("exact", "aligned", "unaligned"),
-    "amp": (None, "bf16", "fp16", "off"),
-    "device": ("auto", "cuda", "cpu"),
-    "preset": (None, *PRESETS),
+    "method": get_args(Method),
+    "roi_pooling": get_args(RoIPooling),
+    "amp": get_args(Amp),
+    "device": get_args(Device),
+    "preset": tuple(PRESETS),
 }
+# The type each setting takes (checked before its range, so that 2.5 images or "3" epochs are
+# named too). Settings not listed are the choices above.
+_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        ("epochs", "max_steps", "batch_size", "image_size", "num_boxes", "projector_hidden", "projection_dim", "workers",
+         "synthetic_images", "seed", "save_every", "log_every", "roi_probe_every", "roi_probe_size",
+         "max_consecutive_unreadable"), (int,)),
+    **dict.fromkeys(("min_box_size", "base_lr", "weight_decay", "tau_base", "warmup_epochs"), (int, float)),
+    **dict.fromkeys(("channels_last", "compile", "augment_on_device", "overwrite"), (bool,)),
+    **dict.fromkeys(("data", "arch", "output_dir", "resume", "roi_probe"), (str, os.PathLike)),
+}
+_NOT_NONE = ("output_dir", "resume", "seed", "channels_last", "compile", "augment_on_device", "overwrite", "save_every",
+             "log_every", "device", "max_consecutive_unreadable")
 
 
 @dataclass(frozen=True)
@@ -67,23 +101,24 @@ class PretrainConfig:
     Fields left ``None`` are filled by :meth:`resolve` once the device is known. Precedence:
     a field given here, then an explicit ``preset``, then the device defaults
     (:data:`GPU_DEFAULTS` / :data:`CPU_DEFAULTS`), then the default preset (``"1000ep"`` on a
-    GPU, ``"200ep"`` on the CPU). Every value is checked when the config is made: a
-    ``ValueError`` names the field and its allowed range.
+    GPU, ``"200ep"`` on the CPU), then :data:`FIXED_DEFAULTS`. Every value is checked when the
+    config is made: a :class:`ConfigError` (a ``ValueError``) names the field and its allowed range.
 
     Attributes:
         data: folder tree of images (e.g. ImageNet ``train/``); ``None``: synthetic scenes.
-        method: ``"scrl"`` or ``"byol"``.
+        method: ``"scrl"`` (the default) or ``"byol"``.
         arch: trunk name (``resnet18|34|50|101``); default resnet50 on GPU, resnet18 on CPU.
         preset: paper hyper-parameters, a key of :data:`PRESETS`.
         epochs: epochs of the schedule.
         max_steps: stop after this many optimiser steps (the schedule still spans ``epochs``).
         batch_size: images per process.
         image_size: view side in pixels, >= 32.
-        num_boxes: box pairs per image ``K`` (SCRL).
+        num_boxes: box pairs per image ``K`` (SCRL; default 10).
         roi_pooling: where SCRL pools each box: at the trunk's cell centres (``"exact"``), or
             as RoIAlign's ``aligned=True`` (Detectron2) / ``aligned=False`` (the authors' code) assume.
+            Default ``"exact"``.
         min_box_size: smallest box side in view pixels (SCRL), at most ``image_size``.
-        projector_hidden, projection_dim: widths of projector and predictor.
+        projector_hidden, projection_dim: widths of projector and predictor (default 4096, 256).
         base_lr: learning rate per 256 images (``lr = base_lr * global batch / 256``).
         weight_decay: LARS weight decay.
         tau_base: target weight at step 0 of the cosine schedule.
@@ -92,6 +127,8 @@ class PretrainConfig:
         synthetic_images: size of the synthetic dataset without ``data``.
         output_dir: where checkpoints, ``metrics.jsonl`` and the exported backbone go.
         resume: ``"auto"`` (the checkpoint in ``output_dir``, if any), ``"none"``, or a checkpoint path.
+        overwrite: start a new run in an ``output_dir`` that holds another one, moving the old
+            run's files aside into ``output_dir/replaced-<time>/`` (without it, such a run is refused).
         seed: seeds weights, data order, augmentations and boxes.
         amp: ``"bf16"``, ``"fp16"`` (with loss scaling) or ``"off"``.
         channels_last: NHWC memory format.
@@ -102,9 +139,11 @@ class PretrainConfig:
         log_every: log every N optimiser steps.
         roi_probe: box dataset for the online RoI probe (COCO ``.json``, YOLO folder or
             ``synthetic[:N]``); ``None``: off.
-        roi_probe_every: run the probe every N epochs (and at the end).
+        roi_probe_every: run the probe every N epochs (and at the end; default 1).
         roi_probe_size: image side of the probe (default: twice ``image_size``).
         device: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``.
+        max_consecutive_unreadable: with ``data``, how many unreadable files in a row are
+            replaced by the next readable one before the run stops (the folder is then broken).
 
     Example:
         >>> config = PretrainConfig(epochs=1, output_dir="runs/demo")
@@ -113,18 +152,18 @@ class PretrainConfig:
     """
 
     data: str | None = None
-    method: Method = "scrl"
+    method: Method | None = None
     arch: str | None = None
     preset: str | None = None
     epochs: int | None = None
     max_steps: int | None = None
     batch_size: int | None = None
     image_size: int | None = None
-    num_boxes: int = 10
-    roi_pooling: RoIPooling = "exact"
+    num_boxes: int | None = None
+    roi_pooling: RoIPooling | None = None
     min_box_size: float | None = None
-    projector_hidden: int = 4096
-    projection_dim: int = 256
+    projector_hidden: int | None = None
+    projection_dim: int | None = None
     base_lr: float | None = None
     weight_decay: float | None = None
     tau_base: float | None = None
@@ -133,6 +172,7 @@ class PretrainConfig:
     synthetic_images: int | None = None
     output_dir: str = "runs/pretrain"
     resume: str = "auto"
+    overwrite: bool = False
     seed: int = 0
     amp: Amp | None = None
     channels_last: bool = False
@@ -141,23 +181,33 @@ class PretrainConfig:
     save_every: int = 0
     log_every: int = 10
     roi_probe: str | None = None
-    roi_probe_every: int = 1
+    roi_probe_every: int | None = None
     roi_probe_size: int | None = None
     device: Device = "auto"
+    max_consecutive_unreadable: int = 64
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {[a for a in allowed if a is not None]}, got {value!r}")
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        for name, types in _TYPES.items():
+            value = getattr(self, name)
+            # bool is an int to Python, but True epochs or a 1.0 flag is a mistake worth naming.
+            wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+            if (value is not None or name in _NOT_NONE) and wrong:
+                kind = " or ".join(t.__name__ for t in types if t is not os.PathLike)
+                raise ConfigError(f"{name} must be {'a' if kind[0] not in 'aeiou' else 'an'} {kind}, got {value!r}")
+        if self.device is None:
+            raise ConfigError("device must be one of ['auto', 'cuda', 'cpu'], got None")
         for name, ok, allowed in _RANGES:
             value = getattr(self, name)
             if value is not None and not ok(value):  # "not ok" also rejects nan
-                raise ValueError(f"{name} must be {allowed}, got {value}")
+                raise ConfigError(f"{name} must be {allowed}, got {value}")
         if self.min_box_size is not None and self.image_size is not None and self.min_box_size > self.image_size:
-            raise ValueError(f"min_box_size must be at most image_size ({self.image_size}), got {self.min_box_size}")
+            raise ConfigError(f"min_box_size must be at most image_size={self.image_size}, got {self.min_box_size}")
         if self.resume not in ("auto", "none") and not os.path.isfile(self.resume):
-            raise ValueError(f"resume {self.resume!r}: no such checkpoint file (use auto, none or a path)")
+            raise ConfigError(f"resume={self.resume!r}: no such checkpoint file (use 'auto', 'none' or a path)")
 
     def resolve(self, on_gpu: bool, local_world_size: int = 1) -> tuple["PretrainConfig", list[str]]:
         """This config with every ``None`` field filled; see the class docstring for the precedence.
@@ -178,11 +228,30 @@ class PretrainConfig:
             defaults = {**PRESETS[_DEFAULT_PRESET[on_gpu]], **device_defaults}
         else:
             defaults = {**device_defaults, **PRESETS[self.preset]}
+        defaults.update(FIXED_DEFAULTS)
         filled = {name: value for name, value in defaults.items() if getattr(self, name) is None}
         epochs = filled.get("epochs", self.epochs)
         if self.warmup_epochs is None:
             filled["warmup_epochs"] = min(10.0, epochs / 10)
         return dataclasses.replace(self, **filled), list(filled)
+
+    def ignored_settings(self, model_given: bool = False) -> list[str]:
+        """Settings given for nothing: each ``"field ... has no effect ..."``, for a warning.
+
+        Args:
+            model_given: the run trains a model given to it, not one built from these settings.
+        """
+        ignored = []
+        if model_given:
+            ignored += [f"{name} has no effect with a given model" for name in MODEL_FIELDS if getattr(self, name) is not None]
+        elif self.method == "byol":
+            ignored += [f"{name} has no effect with method='byol'" for name in BOX_FIELDS if getattr(self, name) is not None]
+        if self.roi_probe is None:
+            ignored += [f"{name} has no effect when roi_probe=None (no probe)" for name in ("roi_probe_every", "roi_probe_size")
+                        if getattr(self, name) is not None]
+        if self.data is not None and self.synthetic_images is not None:
+            ignored.append(f"synthetic_images has no effect with data={self.data!r} (the folder's images are used)")
+        return ignored
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain values (saved in checkpoints and ``metrics.jsonl``)."""

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import time
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,25 +16,32 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..box_sampler import BoxPairSampler
 from ..data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed
 from ..data import open_box_dataset, two_view_loader
 from ..eval import roi_probe
 from ..models import BYOL, SCRL
 from ..transforms import BatchPhotometric, TwoViewTransform, normalize_images
-from .checkpoint import LAST_CHECKPOINT, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import PretrainConfig
+from .checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
 from .distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
 from .lars import LARS, lars_param_groups
+from .output_dir import BACKBONE_FILE, move_run_aside, run_files
+from .preflight import LOW_VALID_SHARE, box_fill, setting_warnings
+from .run_record import data_name, run_conflicts, run_record
 from .schedule import cosine_tau, warmup_cosine
 from .stop_signal import StopSignal
 from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
-__all__ = ["BACKBONE_FILE", "Pretrainer", "build_dataset", "build_model", "weights_digest"]
+__all__ = ["Pretrainer", "RunWarning", "build_dataset", "build_model", "weights_digest"]
 
-BACKBONE_FILE = "backbone_torchvision.pth"
 RANK_STREAMS = 0x52414E4B  # "RANK": the key that marks per-rank random streams
 _ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+class RunWarning(UserWarning):
+    """A run will do, or is doing, something other than its settings suggest (also logged to metrics.jsonl)."""
 
 
 def build_dataset(config: PretrainConfig) -> Dataset:
@@ -43,7 +51,7 @@ def build_dataset(config: PretrainConfig) -> Dataset:
         ValueError: the folder holds no image (before any worker starts).
     """
     if config.data is not None:
-        return ImageFolderDataset(config.data)
+        return ImageFolderDataset(config.data, max_consecutive_unreadable=config.max_consecutive_unreadable)
     if config.synthetic_images is None or config.image_size is None:
         raise ValueError("build_dataset needs a resolved config (PretrainConfig.resolve) for synthetic scenes")
     return SyntheticScenes(config.synthetic_images, image_size=round(1.5 * config.image_size), seed=config.seed)
@@ -132,11 +140,16 @@ class Pretrainer:
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         self.main_process = self.rank == 0
         on_gpu = self.device.type == "cuda"
+        given = config
         self.config, filled = config.resolve(on_gpu, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         config = self.config
         if not on_gpu:
-            picked = " ".join(f"--{n.replace('_', '-')} {getattr(config, n)}" for n in filled)
+            unused = set(FIXED_DEFAULTS) | (set(MODEL_FIELDS) if model is not None else set())
+            picked = " ".join(f"--{n.replace('_', '-')} {getattr(config, n)}" for n in filled if n not in unused)
             self._log(f"no GPU: using CPU defaults {picked} (set any of them explicitly to override)")
+        self._warnings: list[str] = []
+        self._ran = False
+        self.logger = MetricsLogger(config.output_dir, enabled=False)  # opened by run(), once the folder is claimed
         self.amp_dtype = _AMP_DTYPES[config.amp]
         self.global_batch = config.batch_size * self.world_size
         self.lr = config.base_lr * self.global_batch / 256
@@ -145,6 +158,14 @@ class Pretrainer:
         self._build_data(dataset)
         self._build_model(model)
         self._seed_rank_streams()
+        self._record = run_record(
+            config, self.model, data=data_name(config, dataset is not None, self.dataset.dataset), images=len(self.dataset),
+            world_size=self.world_size, steps_per_epoch=self.steps_per_epoch, model_from_config=self._model_from_config,
+        )
+        for message in setting_warnings(given, config, model_given=not self._model_from_config, on_gpu=on_gpu,
+                                        warmup_steps=self.warmup_steps, total_steps=self.total_steps):
+            self._warn(message)
+        self._check_boxes_fit()
         self.augment = None
         if config.augment_on_device:
             self.augment = [BatchPhotometric(view=1).to(self.device), BatchPhotometric(view=2).to(self.device)]
@@ -153,10 +174,10 @@ class Pretrainer:
 
         self.checkpoint_path = os.path.join(config.output_dir, LAST_CHECKPOINT)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.skipped_files: set[str] = set()
+        self.skipped_files: dict[str, str] = {}
         self._reported: set[str] = set()
         self._saved_at: int | None = None
-        self.logger = MetricsLogger(config.output_dir, enabled=self.main_process)
+        self._valid_shares: list[float] | None = []  # None once the share has been judged
         self._probe_data = None
         if config.roi_probe and self.main_process:
             self._probe_data = open_box_dataset(config.roi_probe, synthetic_image_size=round(1.5 * config.image_size))
@@ -174,8 +195,9 @@ class Pretrainer:
         self.loader = two_view_loader(self.dataset, self.sampler, config.batch_size, config.workers, pin_memory=on_gpu)
         self.steps_per_epoch = len(self.sampler) // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.dataset)} images give no full batch of {config.batch_size} per process on {self.world_size} process(es)"
+            raise ConfigError(
+                f"{len(self.dataset)} images give no full batch of batch_size={config.batch_size} per process on "
+                f"{self.world_size} process(es): lower batch_size={config.batch_size} or add images"
             )
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = min(self.total_steps, round(config.warmup_epochs * self.steps_per_epoch))
@@ -202,14 +224,14 @@ class Pretrainer:
         if config.compile:
             self.train_model = torch.compile(self.train_model)
 
-    def _seed_rank_streams(self) -> None:
+    def _seed_rank_streams(self, *salt: int) -> None:
         """Per-rank random streams: box sampling and photometric augmentation on the device, and the global ones."""
         # torch.compile cannot trace a Generator argument (graph breaks), so compiled runs draw
         # boxes and augmentation parameters from the global device RNG, which is checkpointed as
         # well. Four keys per seed keep these streams apart from the workers' per-sample
         # (seed, epoch, index) ones.
         def rank_seed(stream: int) -> int:
-            return mix_seed(self.config.seed, RANK_STREAMS, self.rank, stream)
+            return mix_seed(self.config.seed, RANK_STREAMS, self.rank, stream, *salt)
 
         self.generators = {
             "boxes": torch.Generator(self.device).manual_seed(rank_seed(1)),
@@ -220,6 +242,34 @@ class Pretrainer:
         torch.manual_seed(rank_seed(2))
         np.random.seed(rank_seed(3) % 2**32)
         random.seed(rank_seed(4))
+
+    def _check_boxes_fit(self) -> None:
+        """Refuse a run whose box pairs cannot fit in its views; warn when few do."""
+        sampler = getattr(self.model, "sampler", None)
+        if not isinstance(sampler, BoxPairSampler):
+            return
+        share, pairs = box_fill(self.dataset, sampler, seed=self.config.seed)
+        size = self.config.image_size
+        where = f"min_box_size={sampler.min_size:g} px boxes in image_size={size} px views"
+        remedy = f"raise image_size={size} or lower min_box_size={sampler.min_size:g}"
+        if share == 0:
+            raise ConfigError(
+                f"no box pair fits: {where} (none in {pairs} view pairs of the data, cropped as in training), so SCRL "
+                f"would train on nothing; {remedy}"
+            )
+        if share < LOW_VALID_SHARE:
+            self._warn(
+                f"only {share:.0%} of the box slots hold a pair with {where} ({pairs} view pairs sampled; below "
+                f"{LOW_VALID_SHARE:.0%}, SCRL learns from few boxes); {remedy}"
+            )
+
+    def _warn(self, message: str) -> None:
+        """Warn (rank 0) and keep the message for metrics.jsonl."""
+        if self.main_process:
+            warnings.warn(message, RunWarning, stacklevel=2)
+            self._warnings.append(message)
+            if self.logger.enabled:
+                self.logger.log({"event": "warning", "step": self.step, "message": message})
 
     def _log(self, message: str) -> None:
         if self.main_process:
@@ -246,33 +296,58 @@ class Pretrainer:
             "batch_in_epoch": self.batch_in_epoch % self.steps_per_epoch,
             "rng": all_gather_object(rng_state(self.generators)),
             "world_size": self.world_size,
-            "skipped_files": sorted(self.skipped_files),
+            "skipped_files": dict(sorted(self.skipped_files.items())),
             "args": self.config.to_dict(),
+            "run": self._record,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint made by :meth:`state_dict`.
+    def load_state_dict(self, state: Mapping[str, Any], source: str = "the checkpoint") -> None:
+        """Continue from a checkpoint made by :meth:`state_dict`, if it is this run.
 
-        With the same processes and batch size the run continues exactly (data order, views,
-        boxes and weights as uninterrupted); otherwise the position in the epoch is kept
-        approximately, and a warning says so.
+        The checkpoint must record the same identity and schedule as this run
+        (:mod:`scrl.train.run_record`). With the same processes and batch size the run then
+        continues exactly (data order, views, boxes and weights as uninterrupted). With another
+        split of the same global batch (say 2 x 64 images as 1 x 128) it continues with every
+        image still seen once per epoch and the same schedule, but the box-sampling and
+        augmentation streams restart, so the weights cannot match an uninterrupted run bit for
+        bit; a warning says so.
+
+        Args:
+            state: the checkpoint.
+            source: how errors name it (its path).
+
+        Raises:
+            CheckpointError: ``state`` is not a checkpoint of a run (a backbone export, say).
+            ConfigError: it is another run; the message lists each field that differs.
         """
+        missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+        if missing:
+            looks_like = " (it holds only weights, like a backbone export)" if all(isinstance(v, Tensor) for v in state.values()) else ""
+            raise CheckpointError(f"{source} is not a training checkpoint of scrl.train{looks_like}: it has no {missing}")
+        conflicts = run_conflicts(state["run"], self._record)
+        if conflicts:
+            raise ConfigError(
+                f"cannot resume {source}: it is another run ({'; '.join(conflicts)}). Resume it with its own settings, or start "
+                "a new run in another output_dir, or in this one with overwrite=True, which moves the old run aside"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:  # empty when the run was not fp16: an fp16 resume then starts a fresh scale
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.skipped_files = set(state["skipped_files"])
+        self.skipped_files = dict(state["skipped_files"])
         self._reported = set(self.skipped_files)
         saved_world, saved_batch = state["world_size"], state["args"]["batch_size"]
         if (saved_world, saved_batch) == (self.world_size, self.config.batch_size):
             set_rng_state(state["rng"][self.rank], self.generators)
-        else:  # the data order and random streams cannot continue exactly; keep the position approximately
-            self.batch_in_epoch = min(self.steps_per_epoch, self.batch_in_epoch * saved_world * saved_batch // self.global_batch)
-            self._log(
-                f"warning: checkpoint made with {saved_world} x {saved_batch} images per step, now {self.world_size} x "
-                f"{self.config.batch_size}: the run continues, but not exactly as an uninterrupted one would"
+        else:
+            self._seed_rank_streams(self.step)
+            self._warn(
+                f"the checkpoint was made with {saved_world} process(es) x batch_size={saved_batch}, this run has "
+                f"{self.world_size} x {self.config.batch_size}: the same {self.global_batch} images per step and the same "
+                "schedule, so every image is still seen once per epoch, but the box-sampling and augmentation streams "
+                "restart: the weights will not match an uninterrupted run bit for bit"
             )
         self._saved_at = self.step
 
@@ -283,19 +358,45 @@ class Pretrainer:
             save_checkpoint(state, self.checkpoint_path)
         self._saved_at = self.step
 
-    def _resume(self) -> None:
-        resume = self.config.resume
-        path = {"auto": latest_checkpoint(self.config.output_dir), "none": None}.get(resume, resume)
-        if path is None:
-            return
-        self.load_state_dict(load_checkpoint(path, self.device))
-        self._log(f"resumed from {path}: step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch} of the epoch")
+    def _claim_output_dir(self) -> tuple[Mapping[str, Any] | None, str | None]:
+        """The checkpoint to continue, if any, once ``output_dir`` is known to hold no other run.
+
+        Returns:
+            ``(checkpoint, its path)``, or ``(None, None)`` for a fresh start.
+
+        Raises:
+            ConfigError: the checkpoint is another run, or ``output_dir`` holds another run that
+                starting here would overwrite (unless ``overwrite``, which moves it aside).
+        """
+        c = self.config
+        source = {"auto": self.checkpoint_path if os.path.isfile(self.checkpoint_path) else None, "none": None}.get(c.resume, c.resume)
+        state = None
+        if source is not None:
+            state = load_checkpoint(source, self.device)
+            if c.overwrite and c.resume == "auto" and "run" in state and run_conflicts(state["run"], self._record):
+                state, source = None, None  # a new run replaces the old one, which is moved aside below
+        continues_own = source is not None and os.path.isfile(self.checkpoint_path) and os.path.samefile(source, self.checkpoint_path)
+        held = run_files(c.output_dir)
+        if held and not continues_own:
+            if not c.overwrite:
+                why = "resume='none' starts a new run" if c.resume == "none" else (
+                    "it has no checkpoint to resume" if source is None else f"this run resumes {source} instead")
+                raise ConfigError(
+                    f"output_dir={c.output_dir!r} holds another run ({', '.join(held)}) and {why}, which would write over "
+                    "it: resume it with resume='auto', choose another output_dir, or set overwrite=True to move the old "
+                    f"run aside into {os.path.join(c.output_dir, 'replaced-<time>')}"
+                )
+            if self.main_process:
+                self._log(f"moved the previous run aside: {move_run_aside(c.output_dir)}")
+        all_gather_object(None)  # no rank may write into output_dir before the old run is moved aside
+        return state, source
 
     # ------------------------------------------------------------------------------ bookkeeping
     def _gather_skipped(self) -> list[str]:
         """Unreadable files met by any rank and not reported yet (a collective); every rank learns all."""
-        self.skipped_files.update(*all_gather_object(self.skipped_files))
-        new = sorted(self.skipped_files - self._reported)
+        for files in all_gather_object(self.skipped_files):
+            self.skipped_files.update(files)
+        new = sorted(set(self.skipped_files) - self._reported)
         self._reported.update(new)
         return new
 
@@ -359,8 +460,15 @@ class Pretrainer:
             ``{"step", "epoch", "stopped_by" (signal name or None), "weights_sha256" (this
             rank's parameters), "skipped_files" (sorted paths)}``.
         """
+        if self._ran:
+            raise RuntimeError("a Pretrainer runs once; to continue, make a new one with the same config (it resumes)")
+        self._ran = True
         try:
-            self._resume()
+            state, source = self._claim_output_dir()
+            if state is not None:
+                self.load_state_dict(state, source)
+                self._log(f"resumed from {source}: step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch} of the epoch")
+            self.logger = MetricsLogger(self.config.output_dir, enabled=self.main_process)
             self._log_start()
             stopped_by = self._train()
             return self._finish(stopped_by)
@@ -378,7 +486,9 @@ class Pretrainer:
             f"views {c.image_size}px ({augmented}), amp {c.amp}, {c.workers} workers, device {self.device}"
         )
         self.logger.log({"event": "start", "step": self.step, "world_size": self.world_size, "lr": self.lr,
-                         "total_steps": self.total_steps} | {f"arg_{k}": v for k, v in c.to_dict().items()})
+                         "total_steps": self.total_steps, "run": self._record} | {f"arg_{k}": v for k, v in c.to_dict().items()})
+        for message in self._warnings:
+            self.logger.log({"event": "warning", "step": self.step, "message": message})
 
     def _train(self) -> str | None:
         """The loop; returns the name of the signal that stopped it, or None."""
@@ -402,7 +512,7 @@ class Pretrainer:
                     means.add(logs)
                     self.skipped_files.update(batch.skipped)
 
-                    if self.step % c.log_every == 0 or self.step == self.last_step:
+                    if self.step % c.log_every == 0 or self.step in (1, self.last_step):
                         elapsed = time.perf_counter() - interval_start
                         self._log_progress(means, lr, interval_steps, elapsed, data_wait)
                         interval_start, data_wait, interval_steps = time.perf_counter(), 0.0, 0
@@ -427,7 +537,7 @@ class Pretrainer:
         new_skips = self._gather_skipped()
         record = {
             "step": self.step, "epoch": self.epoch, "loss": stats["loss"], "lr": lr,
-            "tau": cosine_tau(self.step - 1, self.total_steps, self.config.tau_base),
+            "tau": cosine_tau(self.step - 1, self.total_steps, self._record["schedule"]["tau_base"]),
             "images_per_s": interval_steps * self.global_batch / elapsed, "data_wait_share": data_wait / elapsed,
             "eta_s": (self.last_step - self.step) * elapsed / interval_steps, "valid_box_share": stats["valid_share"],
             "collapse_std": stats["collapse_std"], "skipped_files": len(self.skipped_files), "new_skipped_files": new_skips,
@@ -436,8 +546,24 @@ class Pretrainer:
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.logger.log(record)
         for path in new_skips:
-            self._log(f"skipped unreadable file: {path}")
+            self._log(f"skipped unreadable file: {path} ({self.skipped_files[path]})")
         self._log(_progress_line(record, self.last_step))
+        self._watch_valid_share(stats["valid_share"])
+
+    def _watch_valid_share(self, share: float) -> None:
+        """Warn once when the box slots SCRL fills stay below :data:`LOW_VALID_SHARE` over the first steps."""
+        if not isinstance(getattr(self.model, "sampler", None), BoxPairSampler) or self._valid_shares is None:
+            return
+        self._valid_shares.append(share)
+        if self.step >= min(10, self.last_step):
+            mean = sum(self._valid_shares) / len(self._valid_shares)
+            if mean < LOW_VALID_SHARE:
+                self._warn(
+                    f"only {mean:.0%} of the box slots held a pair in the steps logged up to step {self.step} (below "
+                    f"{LOW_VALID_SHARE:.0%}): SCRL learns from few boxes; raise image_size={self.config.image_size} or lower "
+                    f"min_box_size={self.model.sampler.min_size:g}"
+                )
+            self._valid_shares = None
 
     def _finish(self, stopped_by: str | None) -> dict[str, Any]:
         self._check_finite()
@@ -462,3 +588,7 @@ class Pretrainer:
             self._log(f"finished at step {self.step}; checkpoint {self.checkpoint_path}; backbone {backbone_path}")
         return {"step": self.step, "epoch": self.epoch, "stopped_by": stopped_by, "weights_sha256": digests[self.rank],
                 "skipped_files": sorted(self.skipped_files)}
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "batch_in_epoch", "rng", "world_size",
+                    "skipped_files", "args", "run")

@@ -11,8 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["MetricsLogger", "DeviceMeans", "NonFiniteWatch"]
+__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "NonFiniteWatch"]
 
+
+METRICS_FILE = "metrics.jsonl"
 
 def _multi_process() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -119,7 +121,7 @@ class MetricsLogger:
     """
 
     def __init__(self, output_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True) -> None:
-        self.path = os.path.join(os.fspath(output_dir), "metrics.jsonl")
+        self.path = os.path.join(os.fspath(output_dir), METRICS_FILE)
         self.enabled = enabled
         self._file = None
         self._writer = None
