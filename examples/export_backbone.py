@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scrl.export import resnet_arch, save_detectron2, save_torchvision, to_torchvision
+from scrl.export import load_source, resnet_arch, save_detectron2, save_torchvision, source_arch, to_torchvision
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="training checkpoint or torchvision ResNet state dict")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or torchvision classifier state dict")
+    p.add_argument("--arch", default=None, help="torchvision builder name of a plain state dict's model (default: what the checkpoint records; else the ResNet its layout implies)")
     p.add_argument("--format", choices=["torchvision", "detectron2"], default="torchvision")
     p.add_argument("--out", required=True, help="output file (.pth for torchvision, .pkl for detectron2)")
     p.add_argument("--unsafe-load", action="store_true", help="torch.load with weights_only=False (trusted files only)")
@@ -30,10 +31,11 @@ def main(argv: list[str] | None = None) -> dict:
     weights_only = not args.unsafe_load
     try:
         if args.format == "torchvision":
-            state = to_torchvision(args.checkpoint, weights_only=weights_only)
-            arch = resnet_arch(state)
-            path = save_torchvision(state, args.out)
-            print(f"wrote {path} ({arch}); load with torchvision.models.{arch}().load_state_dict(sd, strict=False)")
+            source = load_source(args.checkpoint, weights_only=weights_only)
+            state = to_torchvision(source, arch=args.arch)
+            arch = args.arch or source_arch(source) or resnet_arch(state)
+            path = save_torchvision(state, args.out, arch=arch)
+            print(f"wrote {path} ({arch}); load with torchvision.models.get_model({arch!r}).load_state_dict(sd, strict=False)")
             return {"weights": str(path), "arch": arch}
         weights, config = save_detectron2(args.checkpoint, args.out, weights_only=weights_only)
         print(f"wrote {weights} (MODEL.WEIGHTS) and {config} (Detectron2 config keys to merge)")

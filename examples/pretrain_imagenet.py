@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--data", help="folder tree of images (e.g. ImageNet train/); default: built-in synthetic scenes")
     add("--method", choices=get_args(Method), help=default("method"))
-    add("--arch", help=f"resnet18|resnet34|resnet50|resnet101 ({default('arch')})")
+    add("--arch", help=f"a torchvision CNN: resnet50, resnext50_32x4d, regnet_y_800mf, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ... (docs/trunks.md; {default('arch')})")
     add("--preset", choices=sorted(PRESETS), help="paper hyper-parameters (default: 1000ep on GPU, 200ep on CPU)")
     add("--epochs", type=int, help=f"epochs of the schedule ({default('epochs')})")
     add("--max-steps", type=int, help="stop after this many optimiser steps (the schedule still spans --epochs)")

@@ -26,30 +26,32 @@ import torchvision
 
 from scrl.data import open_box_dataset
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, split_by_image
-from scrl.export import resnet_arch, to_torchvision
-from scrl.trunk import RESNET_ARCHS, Trunk, resnet_trunk
+from scrl.export import load_source, resnet_arch, source_arch, to_torchvision
+from scrl.trunk import Trunk, supported_archs, torchvision_trunk
 
 
 def build_trunk(checkpoint: str, arch: str | None, weights_only: bool = True) -> tuple[Trunk, str]:
     """The trunk that ``--checkpoint`` names, and its architecture."""
     if checkpoint == "random":
         arch = arch or "resnet50"
-        return resnet_trunk(arch), arch
+        return torchvision_trunk(arch), arch
     if checkpoint == "torchvision-supervised":
         arch = arch or "resnet50"
         try:
-            resnet = getattr(torchvision.models, arch)(weights="DEFAULT")
+            model = torchvision.models.get_model(arch, weights="DEFAULT")
         except Exception as err:  # no network, no cache: say what to do instead
             raise ValueError(
                 f"cannot get torchvision's supervised {arch} weights ({err}); download them once and pass "
                 "the .pth file as --checkpoint"
             ) from err
-        return resnet_trunk(resnet), arch
-    state = to_torchvision(checkpoint, weights_only=weights_only)
-    found = resnet_arch(state)
-    if arch is not None and arch != found:
-        raise ValueError(f"--arch {arch} given, but the checkpoint holds a {found}")
-    trunk = resnet_trunk(found)
+        return torchvision_trunk(model), arch
+    source = load_source(checkpoint, weights_only=weights_only)
+    recorded = source_arch(source)
+    if arch is not None and recorded is not None and arch != recorded:
+        raise ValueError(f"--arch {arch} given, but the checkpoint holds a {recorded}")
+    state = to_torchvision(source, arch=arch)
+    found = arch or recorded or resnet_arch(state)
+    trunk = torchvision_trunk(found)
     trunk.body.load_state_dict(state)
     return trunk, found
 
@@ -58,7 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--checkpoint", required=True, help="training checkpoint, torchvision state dict, 'random' or 'torchvision-supervised'")
-    add("--arch", choices=RESNET_ARCHS, default=None, help="architecture for 'random'/'torchvision-supervised' (default resnet50)")
+    add("--arch", choices=supported_archs(), default=None, metavar="ARCH",
+        help="torchvision builder name for 'random'/'torchvision-supervised' or a plain state dict (default resnet50; "
+             "a training checkpoint records its own)")
     add("--data", required=True, help="COCO .json, YOLO folder (images/ + labels/) or synthetic[:N]")
     add("--format", choices=["coco", "yolo", "synthetic"], default=None, help="dataset format (default: guessed)")
     add("--image-dir", default=None, help="COCO image folder (default: guessed from the COCO layout)")

@@ -9,7 +9,7 @@ from .momentum import MomentumTarget
 from .pooling import BoxPairPool, GlobalPool, PooledPairs
 from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
 from .transforms import TwoViewTransform
-from .trunk import Trunk, resnet_trunk
+from .trunk import Trunk, resnet_trunk, torchvision_trunk
 from .train.lars import LARS, lars_param_groups
 from .train.schedule import cosine_tau, warmup_cosine
 
@@ -33,6 +33,7 @@ __all__ = [
     "sample_box_pairs",
     "SCRL",
     "scrl_loss",
+    "torchvision_trunk",
     "Trunk",
     "TwoViewModel",
     "TwoViewTransform",

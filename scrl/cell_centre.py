@@ -31,11 +31,19 @@ _ACTIVATIONS = (
 )
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 _MAX_TO_AVG = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
+# Squeeze-and-excitation gates (EfficientNet, MobileNetV3, RegNetY, and timm's kin) scale each
+# channel by a function of the whole map: they move no cell, but on the positive probe their
+# products of global means overflow, so the probe leaves them out.
+_CHANNEL_GATE_NAMES = ("SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule", "EcaModule", "CecaModule")
+
+
+def _is_channel_gate(module: nn.Module) -> bool:
+    return type(module).__name__ in _CHANNEL_GATE_NAMES
 
 
 def _linearise_children(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if isinstance(child, _ACTIVATIONS + _NORMS):
+        if isinstance(child, _ACTIVATIONS + _NORMS) or _is_channel_gate(child):
             setattr(module, name, nn.Identity())
         elif type(child) in _MAX_TO_AVG:
             dilation = child.dilation if isinstance(child.dilation, tuple) else (child.dilation,)
@@ -52,7 +60,8 @@ def linearised_copy(module: nn.Module) -> nn.Module:
     """A float32 CPU copy of ``module`` made linear and positive, for locating its cells.
 
     Convolutions and linear layers get constant positive weights (``1 / fan_in``) and zero
-    biases; activations and normalisation layers become identities; max-pools become average
+    biases; activations, normalisation layers and squeeze-and-excitation gates become
+    identities; max-pools become average
     pools over the same windows; forward hooks are dropped. What is left is translation-equivariant
     with symmetric, positive kernels, so the gradient of one output cell is a bump centred where
     the cell looks. Activations applied functionally inside ``forward`` (not as modules) are left

@@ -29,6 +29,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .eval.trunk_forward import unwrap_module
 from .train.checkpoint import load_checkpoint
+from .trunk import FAMILIES, supported_archs
 
 __all__ = [
     "DETECTRON2_PIXEL_MEAN",
@@ -36,9 +37,11 @@ __all__ = [
     "backbone_state_dict",
     "detectron2_config",
     "detectron2_key",
+    "load_source",
     "resnet_arch",
     "save_detectron2",
     "save_torchvision",
+    "source_arch",
     "to_detectron2",
     "to_torchvision",
 ]
@@ -99,12 +102,14 @@ def _trunk_from_state(state: Mapping[str, Any]) -> dict[str, Tensor]:
         picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if picked:
             return picked
-    if "conv1.weight" in state:
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    for family in FAMILIES.values():  # a torchvision classifier's own state dict: its features, not its head
+        if all(k.split(".")[0] in (*family.feature_modules, family.classifier) for k in state):
+            if any(k.split(".")[0] == family.feature_modules[0] for k in state):
+                return {k: v for k, v in state.items() if k.split(".")[0] != family.classifier}
     sample = ", ".join(list(state)[:5])
     raise ValueError(
         "source holds no trunk weights: expected keys starting with 'trunk.body.' (an SCRL/BYOL "
-        f"state_dict), 'body.' (a Trunk) or torchvision ResNet keys ('conv1.weight'); got {sample}, ..."
+        f"state_dict), 'body.' (a Trunk) or a torchvision classifier's keys ('conv1.weight', 'features.0...'); got {sample}, ..."
     )
 
 
@@ -167,28 +172,59 @@ def resnet_arch(state_dict: Mapping[str, Tensor]) -> str:
     return f"resnet{depth}"
 
 
-def to_torchvision(source: Source, *, weights_only: bool = True) -> dict[str, Tensor]:
-    """Trunk weights that load into ``torchvision.models.<arch>()`` with only ``fc.*`` missing.
+def load_source(source: Source, *, weights_only: bool = True) -> Source:
+    """``source`` itself, or the object a path holds (loaded once, for several of the functions here)."""
+    return _load(source, weights_only) if isinstance(source, (str, os.PathLike)) else source
 
-    The weights are checked by loading them into a freshly built torchvision model of the
-    inferred architecture.
+
+def source_arch(source: Source, *, weights_only: bool = True) -> str | None:
+    """The torchvision builder name ``source``'s trunk comes from, where ``source`` records it.
+
+    A model or trunk carries it (``Trunk.arch``); a training checkpoint records it in its run
+    identity (``checkpoint["run"]["identity"]["arch"]``, for models built from a config). Plain
+    state dicts do not; ``None`` then.
+    """
+    source = load_source(source, weights_only=weights_only)
+    if isinstance(source, nn.Module):
+        module = unwrap_module(source)
+        return getattr(getattr(module, "trunk", module), "arch", None)
+    if isinstance(source, Mapping):
+        identity = source.get("run", {}).get("identity", {}) if isinstance(source.get("run"), Mapping) else {}
+        return identity.get("arch")
+    return None
+
+
+def to_torchvision(source: Source, *, arch: str | None = None, weights_only: bool = True) -> dict[str, Tensor]:
+    """Trunk weights that load into ``torchvision.models.get_model(arch)`` with only the classifier missing.
+
+    The weights are checked by loading them into a freshly built torchvision model of that name.
+
+    Args:
+        source: see the module docstring.
+        arch: the torchvision builder name (``"convnext_tiny"``); default: the one ``source``
+            records (:func:`source_arch`), else the ResNet its weights' layout implies.
+        weights_only: load a path with PyTorch's restricted unpickler.
 
     Raises:
-        ValueError: when the weights do not fit a torchvision ResNet.
+        ValueError: the weights do not fit that model (or no name is known and they are no ResNet).
 
     Example:
         >>> sd = to_torchvision(scrl_model)                                # doctest: +SKIP
         >>> missing, unexpected = torchvision.models.resnet50().load_state_dict(sd, strict=False)
         >>> # missing == ['fc.weight', 'fc.bias'], unexpected == []        # doctest: +SKIP
     """
+    source = load_source(source, weights_only=weights_only)
     state = backbone_state_dict(source, weights_only=weights_only)
-    arch = resnet_arch(state)
-    model = getattr(torchvision.models, arch)(weights=None)
+    arch = arch or source_arch(source) or resnet_arch(state)
+    if arch not in supported_archs():
+        raise ValueError(f"arch {arch!r} is not a torchvision classifier scrl exports to; supported: scrl.trunk.supported_archs()")
+    model = torchvision.models.get_model(arch, weights=None)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: {err}") from err
-    missing = [k for k in missing if not k.startswith("fc.")]
+    head = FAMILIES[next(name for name, f in FAMILIES.items() if arch.startswith(f.prefixes))].classifier
+    missing = [k for k in missing if k.split(".")[0] != head]
     if missing or unexpected:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: missing {missing}, unexpected {unexpected}")
     return state
@@ -242,9 +278,26 @@ def to_detectron2(source: Source, *, weights_only: bool = True) -> dict[str, Any
         (:func:`save_detectron2`) and point ``MODEL.WEIGHTS`` at it, with the config keys of
         :func:`detectron2_config`.
     """
-    state = to_torchvision(source, weights_only=weights_only)
+    state = _resnet_only(source, weights_only)
     model = {detectron2_key(k): v.numpy() for k, v in state.items()}
     return {"model": model, "__author__": "scrl", "matching_heuristics": True}
+
+
+def _resnet_only(source: Source, weights_only: bool) -> dict[str, Tensor]:
+    """The torchvision export of ``source``, which must be a ResNet for Detectron2."""
+    source = load_source(source, weights_only=weights_only)
+    arch = source_arch(source)
+    try:
+        arch = resnet_arch(backbone_state_dict(source)) if arch is None or arch.startswith("resnet") else None
+    except ValueError:
+        arch = None
+    if arch is None:
+        raise ValueError(
+            f"Detectron2 export is for ResNet trunks only (this one is {source_arch(source) or 'no ResNet'}): Detectron2's "
+            "built-in backbones, key names and configs are ResNets'; fine-tune other trunks with torchvision's detectors "
+            "on the torchvision export (examples/finetune_detection.py)"
+        )
+    return to_torchvision(source, arch=arch)
 
 
 def detectron2_config(arch: str, weights: str | os.PathLike = "model.pkl") -> str:
@@ -285,9 +338,11 @@ def detectron2_config(arch: str, weights: str | os.PathLike = "model.pkl") -> st
     )
 
 
-def save_torchvision(source: Source, path: str | os.PathLike, *, weights_only: bool = True) -> Path:
+def save_torchvision(
+    source: Source, path: str | os.PathLike, *, arch: str | None = None, weights_only: bool = True
+) -> Path:
     """Write :func:`to_torchvision` of ``source`` to ``path`` with ``torch.save``; returns the path."""
-    state = to_torchvision(source, weights_only=weights_only)
+    state = to_torchvision(source, arch=arch, weights_only=weights_only)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
@@ -311,7 +366,7 @@ def save_detectron2(
     path = Path(path)
     if path.suffix != ".pkl":
         raise ValueError(f"path must end in .pkl (Detectron2 reads pickles only by that suffix), got {path}")
-    state = to_torchvision(source, weights_only=weights_only)
+    state = _resnet_only(source, weights_only)
     weights = to_detectron2(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:

@@ -9,15 +9,53 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import NamedTuple
 
+import torch
 import torchvision
 from torch import Tensor, nn
 
 from .cell_centre import measure_cell_offset
 
-__all__ = ["Trunk", "resnet_trunk", "as_trunk", "RESNET_ARCHS"]
+__all__ = ["FAMILIES", "RESNET_ARCHS", "Trunk", "as_trunk", "resnet_trunk", "supported_archs", "torchvision_trunk"]
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class _Family(NamedTuple):
+    """A family of torchvision classifiers: what their builder names start with, which of their
+    modules (in order) make the stride-32 feature map, which module is the classifier, and where
+    the map's cells are centred (measured; tests/test_trunk_families.py keeps it measured)."""
+
+    prefixes: tuple[str, ...]
+    feature_modules: tuple[str, ...]
+    classifier: str
+    cell_offset: float
+
+
+# Every stride-2 stage of these with an odd kernel and symmetric padding puts output j over
+# input 2j (cell i over pixel 32i, centred at 32i + 0.5); ConvNeXt's non-overlapping patch stem
+# and downsamplers centre cell i at (i + 0.5) * 32.
+FAMILIES: dict[str, _Family] = {
+    "resnet": _Family(
+        ("resnet", "resnext", "wide_resnet"),
+        ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"), "fc", 0.5,
+    ),
+    "regnet": _Family(("regnet_x_", "regnet_y_"), ("stem", "trunk_output"), "fc", 0.5),
+    "convnext": _Family(("convnext_",), ("features",), "classifier", 16.0),
+    "efficientnet": _Family(("efficientnet_b", "efficientnet_v2_"), ("features",), "classifier", 0.5),
+    "mobilenet_v3": _Family(("mobilenet_v3_",), ("features",), "classifier", 0.5),
+}
+
+
+def supported_archs() -> list[str]:
+    """The torchvision builder names :func:`torchvision_trunk` takes, sorted."""
+    prefixes = tuple(prefix for family in FAMILIES.values() for prefix in family.prefixes)
+    return sorted(name for name in torchvision.models.list_models(module=torchvision.models) if name.startswith(prefixes))
+
+
+def _family(arch: str) -> str | None:
+    return next((name for name, family in FAMILIES.items() if arch.startswith(family.prefixes)), None)
 
 
 class Trunk(nn.Module):
@@ -31,6 +69,8 @@ class Trunk(nn.Module):
         cell_offset: cell ``i`` of the map is centred at ``stride * i + cell_offset`` input
             pixels (pixel-edge coordinates); ``None`` measures it
             once with :func:`~scrl.cell_centre.measure_cell_offset`.
+        arch: the name of the model ``body`` comes from (a torchvision builder name), which
+            export uses to check the weights against that model; ``None`` for other modules.
 
     Example:
         >>> body = nn.Sequential(nn.Conv2d(3, 64, 8, stride=8), nn.ReLU())
@@ -39,7 +79,9 @@ class Trunk(nn.Module):
         (torch.Size([2, 64, 8, 8]), 4.0)
     """
 
-    def __init__(self, body: nn.Module, stride: int, channels: int, cell_offset: float | None = None) -> None:
+    def __init__(
+        self, body: nn.Module, stride: int, channels: int, cell_offset: float | None = None, arch: str | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(body, nn.Module):
             raise ValueError(f"body must be an nn.Module, got {type(body).__name__}")
@@ -55,13 +97,102 @@ class Trunk(nn.Module):
         self.stride = stride
         self.channels = channels
         self.cell_offset = float(cell_offset)
+        self.arch = arch
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` float ``[B, 3, H, W]`` -> feature map ``[B, channels, H / stride, W / stride]``."""
         return self.body(x)
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, channels={self.channels}, cell_offset={self.cell_offset}"
+        arch = f"arch={self.arch!r}, " if self.arch is not None else ""
+        return f"{arch}stride={self.stride}, channels={self.channels}, cell_offset={self.cell_offset}"
+
+
+def torchvision_trunk(arch: str | nn.Module) -> Trunk:
+    """A torchvision classification CNN without its global pool and classifier, returning its last map.
+
+    ``trunk.body`` is an ``nn.Sequential`` of the model's own feature modules under their
+    torchvision names (``conv1 ... layer4`` for ResNets, ``stem, trunk_output`` for RegNets,
+    ``features`` for ConvNeXt, EfficientNet and MobileNetV3), so ``trunk.body.state_dict()``
+    loads into ``torchvision.models.get_model(arch)`` with only the classifier missing.
+
+    Args:
+        arch: a builder name of one of :data:`FAMILIES` (``"resnet50"``, ``"resnext50_32x4d"``,
+            ``"wide_resnet50_2"``, ``"regnet_y_800mf"``, ``"convnext_tiny"``, ``"efficientnet_b0"``,
+            ``"efficientnet_v2_s"``, ``"mobilenet_v3_large"``, ...; built with random weights), or
+            such a model instance, whose modules are reused (not copied).
+
+    Returns:
+        :class:`Trunk` with ``stride=32``, the map's ``channels``, the family's ``cell_offset``
+        and ``arch`` set to the builder name (for an instance: found from the layout of its
+        weights; ``None`` for a RegNet instance, whose builders cannot be laid out without
+        building them).
+
+    Raises:
+        ValueError: ``arch`` is no supported name or model; the message lists the families.
+
+    Example:
+        >>> trunk = torchvision_trunk("convnext_tiny")
+        >>> trunk.channels, trunk.cell_offset
+        (768, 16.0)
+    """
+    if isinstance(arch, str):
+        family = _family(arch)
+        if family is None or arch not in supported_archs():
+            raise ValueError(_unsupported(arch))
+        model = torchvision.models.get_model(arch, weights=None)
+    elif isinstance(arch, _FAMILY_CLASSES):
+        model = arch
+        family = next(name for cls, name in _FAMILY_CLASSES_TO_NAMES if isinstance(model, cls))
+        arch = _arch_of(model, family)
+    else:
+        raise ValueError(_unsupported(type(arch).__name__))
+    spec = FAMILIES[family]
+    body = nn.Sequential(OrderedDict((name, getattr(model, name)) for name in spec.feature_modules))
+    return Trunk(body, stride=32, channels=_map_channels(body), cell_offset=spec.cell_offset, arch=arch)
+
+
+_FAMILY_CLASSES_TO_NAMES = (
+    (torchvision.models.ResNet, "resnet"), (torchvision.models.RegNet, "regnet"), (torchvision.models.ConvNeXt, "convnext"),
+    (torchvision.models.EfficientNet, "efficientnet"), (torchvision.models.MobileNetV3, "mobilenet_v3"),
+)
+_FAMILY_CLASSES = tuple(cls for cls, _ in _FAMILY_CLASSES_TO_NAMES)
+
+
+def _arch_of(model: nn.Module, family: str) -> str | None:
+    """The builder name of a torchvision model instance, from the layout of its weights; None if unknown."""
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name in supported_archs():
+        if _family(name) != family:
+            continue
+        try:
+            with torch.device("meta"):  # the layout only: nothing is allocated or initialised
+                candidate = torchvision.models.get_model(name, weights=None)
+        except NotImplementedError:  # builders that compute their widths with tensors (RegNets)
+            continue
+        if type(candidate) is type(model) and {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == state:
+            return name
+    return None
+
+
+def _map_channels(body: nn.Module) -> int:
+    """Channels of ``body``'s map, from one small forward pass (in eval mode, so no statistics move)."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            return int(body(torch.zeros(1, 3, 64, 64, device=next(body.parameters()).device)).shape[1])
+    finally:
+        body.train(was_training)
+
+
+def _unsupported(arch: object) -> str:
+    families = ", ".join(f"{name} ({'|'.join(f.prefixes)}*)" for name, f in FAMILIES.items())
+    return (
+        f"arch {arch!r} is not a supported trunk: give a torchvision classifier of the families {families} "
+        f"(e.g. {', '.join(('resnet50', 'resnext50_32x4d', 'regnet_y_800mf', 'convnext_tiny', 'efficientnet_b0', 'mobilenet_v3_large'))}; "
+        "all: scrl.trunk.supported_archs()), or wrap any module returning a feature map as Trunk(module, stride, channels)"
+    )
 
 
 def resnet_trunk(arch: str | torchvision.models.ResNet) -> Trunk:
@@ -87,27 +218,15 @@ def resnet_trunk(arch: str | torchvision.models.ResNet) -> Trunk:
         >>> trunk(torch.randn(2, 3, 64, 64)).shape
         torch.Size([2, 512, 2, 2])
     """
-    if isinstance(arch, str):
-        if arch not in RESNET_ARCHS:
-            raise ValueError(f"arch must be one of {RESNET_ARCHS} or a torchvision ResNet, got {arch!r}")
-        resnet = getattr(torchvision.models, arch)(weights=None)
-    elif isinstance(arch, torchvision.models.ResNet):
-        resnet = arch
-    else:
+    if isinstance(arch, str) and arch not in RESNET_ARCHS:
+        raise ValueError(f"arch must be one of {RESNET_ARCHS} or a torchvision ResNet, got {arch!r}")
+    if not isinstance(arch, (str, torchvision.models.ResNet)):
         raise ValueError(f"arch must be one of {RESNET_ARCHS} or a torchvision ResNet, got {type(arch).__name__}")
-    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    body = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in names))
-    return Trunk(body, stride=32, channels=resnet.fc.in_features, cell_offset=0.5)
+    return torchvision_trunk(arch)
 
 
 def as_trunk(trunk: nn.Module | str) -> Trunk:
-    """``trunk`` itself if it is a :class:`Trunk`, else :func:`resnet_trunk` of the name or ResNet."""
+    """``trunk`` itself if it is a :class:`Trunk`, else :func:`torchvision_trunk` of the name or model."""
     if isinstance(trunk, Trunk):
         return trunk
-    if isinstance(trunk, (str, torchvision.models.ResNet)):
-        return resnet_trunk(trunk)
-    raise ValueError(
-        f"trunk must be a Trunk, a torchvision ResNet or one of {RESNET_ARCHS}, got {type(trunk).__name__}; "
-        "wrap other modules as Trunk(module, stride=..., channels=...) (cell_offset is measured if not given)"
-    )
-
+    return torchvision_trunk(trunk)

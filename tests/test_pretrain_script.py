@@ -118,6 +118,7 @@ def test_cpu_defaults_are_announced(script_main, tmp_path, capsys):
         (["--image-size", "40", "--min-box-size", "100"], "--min-box-size must be at most --image-size=40, got 100.0"),
         (["--resume", "/no/such/checkpoint.pth"], "--resume='/no/such/checkpoint.pth': no such checkpoint file"),
         (["--method", "simclr"], "invalid choice: 'simclr'"),
+        (["--arch", "vgg16"], "--arch='vgg16' is not a supported trunk"),
     ],
 )
 def test_out_of_range_flag_is_an_argparse_error_naming_it(script_main, argv, message, capsys):

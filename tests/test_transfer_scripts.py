@@ -141,3 +141,24 @@ def test_finetune_detection_without_pycocotools_says_how_to_install(monkeypatch:
     finetune = load_script("finetune_detection")
     with pytest.raises(SystemExit, match=r"scrl\[detection\]"):
         finetune.main(["--weights", "random", "--data", "synthetic:4", "--output-dir", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_a_convnext_trunk_pretrains_exports_and_evaluates_like_a_resnet(tmp_path: Path) -> None:
+    out = tmp_path / "pretrain"
+    Pretrainer(PretrainConfig(
+        arch="convnext_tiny", epochs=1, max_steps=1, synthetic_images=8, batch_size=4, image_size=64, num_boxes=2,
+        min_box_size=16.0, projector_hidden=32, projection_dim=16, workers=0, device="cpu", output_dir=str(out),
+    )).run()
+    backbone = torch.load(out / "backbone_torchvision.pth", weights_only=True)
+    missing, unexpected = torchvision.models.convnext_tiny().load_state_dict(backbone, strict=False)
+    assert unexpected == [] and all(k.startswith("classifier.") for k in missing)
+    export = load_script("export_backbone")
+    result = export.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--out", str(tmp_path / "cnx.pth")])
+    assert result["arch"] == "convnext_tiny"
+    with pytest.raises(SystemExit, match="Detectron2 export is for ResNet trunks only"):
+        export.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--format", "detectron2", "--out", str(tmp_path / "x.pkl")])
+    evaluate = load_script("roi_linear_eval")
+    scores = evaluate.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--data", "synthetic:8", "--image-size", "64",
+                            "--epochs", "2", "--seeds", "1", "--workers", "0", "--batch-size", "4"])
+    assert scores["arch"] == "convnext_tiny" and 0 <= scores["linear_top1"] <= 100

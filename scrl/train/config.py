@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from ..trunk import FAMILIES, supported_archs
+
 __all__ = ["ConfigError", "CPU_DEFAULTS", "GPU_DEFAULTS", "IDENTITY_FIELDS", "PRESETS", "PretrainConfig", "SCHEDULE_FIELDS"]
 
 # Hyper-parameters of the paper (SCRL, CVPR 2021: Sec. 4.1 and Table A5) and of the authors'
@@ -107,7 +109,8 @@ class PretrainConfig:
     Attributes:
         data: folder tree of images (e.g. ImageNet ``train/``); ``None``: synthetic scenes.
         method: ``"scrl"`` (the default) or ``"byol"``.
-        arch: trunk name (``resnet18|34|50|101``); default resnet50 on GPU, resnet18 on CPU.
+        arch: trunk name, any torchvision CNN of :data:`scrl.trunk.FAMILIES` (``resnet50``,
+            ``convnext_tiny``, ``regnet_y_800mf``, ...); default resnet50 on GPU, resnet18 on CPU.
         preset: paper hyper-parameters, a key of :data:`PRESETS`.
         epochs: epochs of the schedule.
         max_steps: stop after this many optimiser steps (the schedule still spans ``epochs``).
@@ -204,6 +207,12 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not ok(value):  # "not ok" also rejects nan
                 raise ConfigError(f"{name} must be {allowed}, got {value}")
+        if self.arch is not None and self.arch not in supported_archs():
+            raise ConfigError(
+                f"arch={self.arch!r} is not a supported trunk: any torchvision CNN of the families "
+                f"{', '.join(FAMILIES)} by its builder name, e.g. resnet50, convnext_tiny, regnet_y_800mf (all: "
+                "scrl.trunk.supported_archs(); another module goes to Pretrainer(model=...))"
+            )
         if self.min_box_size is not None and self.image_size is not None and self.min_box_size > self.image_size:
             raise ConfigError(f"min_box_size must be at most image_size={self.image_size}, got {self.min_box_size}")
         if self.resume not in ("auto", "none") and not os.path.isfile(self.resume):

@@ -136,13 +136,19 @@ class LARS(Optimizer):
         return list(torch.where(ok, eta * w_norm / torch.where(ok, u_norm, 1.0), 1.0).unbind(0))
 
 
+_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.Embedding)
+
+
 def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into a LARS group and an excluded group.
 
     Excluded (no weight decay, no trust-ratio adaptation, ``lars_exclude=True``): every
     parameter of a normalisation layer, found by module type (BatchNorm*, SyncBatchNorm,
-    InstanceNorm*, GroupNorm, LayerNorm, RMSNorm), and every parameter with at most one
-    dimension (biases). Everything else gets ``weight_decay`` and adaptation. Parameters with
+    InstanceNorm*, GroupNorm, LayerNorm, RMSNorm; ConvNeXt's ``LayerNorm2d`` is a LayerNorm),
+    every parameter with at most one dimension (biases), and every per-channel scale held
+    outside a convolution or linear layer (one dimension longer than 1, like ConvNeXt's layer
+    scale ``[C, 1, 1]``: it scales a block's output as a norm's weight does). Everything else
+    gets ``weight_decay`` and adaptation. Parameters with
     ``requires_grad=False`` (e.g. a momentum target) are left out; shared ones appear once.
 
     Args:
@@ -161,6 +167,7 @@ def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    layer_weights = {id(m.weight) for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)}
     adapted: list[Tensor] = []
     excluded: list[Tensor] = []
     seen: set[int] = set()
@@ -168,7 +175,8 @@ def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (excluded if id(p) in norm_params or p.ndim <= 1 else adapted).append(p)
+        per_channel = id(p) not in layer_weights and sum(size > 1 for size in p.shape) <= 1
+        (excluded if id(p) in norm_params or p.ndim <= 1 or per_channel else adapted).append(p)
     return [
         {"params": adapted, "weight_decay": weight_decay},
         {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},

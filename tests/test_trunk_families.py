@@ -1,0 +1,112 @@
+"""Every family of torchvision CNN trunks: stride, channels, where their cells look, pooling, grouping, export.
+
+Cell centres are measured as in tests/test_cell_centre.py, on a copy of each trunk made linear
+and positive (constant positive kernels, identity activations and norms, average pools for
+max-pools, squeeze-and-excitation gates left out, since they scale channels by global means and
+move no cell). How each family gets there: ResNet/ResNeXt/Wide ResNet, RegNetX, EfficientNet
+and MobileNetV3 are convolutions, norms and activations throughout; RegNetY, EfficientNet and
+MobileNetV3 add squeeze-and-excitation gates; ConvNeXt adds LayerNorms (identities in the
+copy), layer scales (kept: they scale a residual branch and move nothing) and stochastic depth
+(identity in eval mode).
+"""
+
+import pytest
+import torch
+import torchvision
+
+from scrl import BYOL, SCRL, lars_param_groups
+from scrl.cell_centre import linearised_copy, measure_cell_offset
+from scrl.export import to_torchvision
+from scrl.trunk import FAMILIES, supported_archs, torchvision_trunk
+from scrl.train.lars import NORM_LAYERS
+
+from test_cell_centre import BOXES, VIEW, pooled_feature_centres
+
+# One representative per family (and per prefix of the resnet and efficientnet families).
+REPRESENTATIVES = [
+    "resnet18", pytest.param("resnext50_32x4d", marks=pytest.mark.slow), pytest.param("wide_resnet50_2", marks=pytest.mark.slow),
+    "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny", "efficientnet_b0", pytest.param("efficientnet_v2_s", marks=pytest.mark.slow),
+    "mobilenet_v3_small",
+]
+SMALL = dict(projector_hidden=16, projection_dim=8)
+
+
+def test_every_family_and_its_names_are_supported():
+    names = supported_archs()
+    for family in FAMILIES.values():
+        assert any(name.startswith(family.prefixes) for name in names)
+    assert {"resnet50", "resnext101_32x8d", "wide_resnet50_2", "regnet_y_800mf", "convnext_tiny", "efficientnet_v2_s",
+            "mobilenet_v3_large"} <= set(names)
+    with pytest.raises(ValueError, match=r"arch 'vgg16' is not a supported trunk.*convnext.*supported_archs\(\)"):
+        torchvision_trunk("vgg16")
+    with pytest.raises(ValueError, match="not a supported trunk"):
+        SCRL("densenet121")
+
+
+@pytest.mark.parametrize("arch", REPRESENTATIVES)
+def test_each_family_declares_the_stride_channels_and_cell_centres_its_layers_have(arch):
+    trunk = torchvision_trunk(arch)
+    assert trunk.arch == arch and trunk.stride == 32
+    trunk.eval()
+    with torch.no_grad():
+        fmap = trunk(torch.zeros(1, 3, 224, 224))
+    assert fmap.shape[1:] == (trunk.channels, 7, 7)
+    assert measure_cell_offset(trunk.body, 32) == trunk.cell_offset  # declared, and what the probe finds
+    assert SCRL(trunk, **SMALL).projector.fc1.in_features == trunk.channels
+
+
+@pytest.mark.parametrize("arch", ["regnet_y_400mf", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_small"])
+def test_pooled_features_look_at_their_box_centre_on_every_family(arch):
+    trunk = torchvision_trunk(arch)
+    model = SCRL(trunk, **SMALL)
+    # Sample points (at least 8 px inside a box's edges) within the span of the cells' centres:
+    # before ConvNeXt's first cell centre, 16 px in, there is no cell to interpolate from, and
+    # RoIAlign clamps to it (docs/trunks.md).
+    first, last = trunk.cell_offset, 32 * (VIEW // 32 - 1) + trunk.cell_offset
+    boxes = BOXES[((BOXES[:, :2] >= first - 8) & (BOXES[:, 2:] <= last + 8)).all(dim=1)]
+    assert len(boxes) >= 2
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    exact = pooled_feature_centres(linearised_copy(trunk.body), model.roi_pool, boxes)
+    assert (exact - centres).abs().max() < 1.0, exact - centres
+
+
+@pytest.mark.parametrize("arch", REPRESENTATIVES)
+def test_lars_groups_norms_biases_and_layer_scales_apart_on_every_family(arch):
+    trunk = torchvision_trunk(arch)
+    adapted, excluded = lars_param_groups(trunk, weight_decay=1e-6)
+    norm = {id(p) for m in trunk.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    for p in adapted["params"]:
+        assert id(p) not in norm and p.ndim >= 2 and sum(s > 1 for s in p.shape) >= 2
+    assert {id(p) for p in excluded["params"]} >= norm
+    assert len(adapted["params"]) + len(excluded["params"]) == len(list(trunk.parameters()))
+    if arch.startswith("convnext"):  # the layer scales [C, 1, 1] are excluded as per-channel scales
+        scales = [m.layer_scale for m in trunk.modules() if hasattr(m, "layer_scale")]
+        assert scales and all(any(p is s for p in excluded["params"]) for s in scales)
+
+
+@pytest.mark.parametrize("arch", REPRESENTATIVES)
+def test_the_torchvision_export_of_every_family_loads_into_its_classifier_minus_the_head(arch):
+    model = BYOL(arch, **SMALL)
+    state = to_torchvision(model)
+    classifier = torchvision.models.get_model(arch, weights=None)
+    missing, unexpected = classifier.load_state_dict(state, strict=False)
+    head = FAMILIES[next(n for n, f in FAMILIES.items() if arch.startswith(f.prefixes))].classifier
+    assert unexpected == [] and missing and all(k.split(".")[0] == head for k in missing)
+    key = next(iter(state))
+    assert torch.equal(classifier.state_dict()[key], model.backbone_state_dict()[key])
+    # A torchvision classifier instance becomes a trunk with the same weights and name.
+    again = torchvision_trunk(classifier)
+    assert again.arch == (None if arch.startswith("regnet") else arch)
+    assert torch.equal(again.body.state_dict()[key], state[key])
+
+
+@pytest.mark.parametrize("cls", [SCRL, BYOL])
+def test_a_non_resnet_trunk_trains_under_bf16_and_channels_last(cls):
+    model = cls("mobilenet_v3_small", **SMALL).to(memory_format=torch.channels_last)
+    from test_models import view_batch
+
+    v1, v2, g1, g2 = view_batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, logs = model(v1.contiguous(memory_format=torch.channels_last), v2, g1, g2)
+    loss.backward()
+    assert loss.dtype == torch.float32 and model.trunk.body.features[0][0].weight.grad is not None
