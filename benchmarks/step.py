@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from scrl import BYOL, LARS, SCRL, MomentumTarget, ViewGeometry, lars_param_groups
 from scrl.transforms import random_resized_crop_params
+from scrl.trunk import supported_archs
 
 
 def synchronize(device: torch.device) -> None:
@@ -176,7 +177,7 @@ def optimizer_speedups(device: torch.device, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    parser.add_argument("--arch", default="resnet50", choices=supported_archs(), metavar="ARCH", help="any trunk of docs/trunks.md")
     parser.add_argument("--size", type=int, default=128, help="view side in pixels")
     parser.add_argument("--batch", type=int, default=8, help="images per step (each gives two views)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per method")

@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scrl.export import load_source, resnet_arch, save_detectron2, save_torchvision, source_arch, to_torchvision
+import torch
+
+from scrl.export import load_source, resnet_arch, save_detectron2, save_torchvision, source_arch, to_timm, to_torchvision
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint or torchvision classifier state dict")
     p.add_argument("--arch", default=None, help="torchvision builder name of a plain state dict's model (default: what the checkpoint records; else the ResNet its layout implies)")
-    p.add_argument("--format", choices=["torchvision", "detectron2"], default="torchvision")
+    p.add_argument("--format", choices=["torchvision", "timm", "detectron2"], default="torchvision",
+                   help="torchvision (any torchvision trunk), timm (a timm:NAME trunk), detectron2 (ResNets)")
     p.add_argument("--out", required=True, help="output file (.pth for torchvision, .pkl for detectron2)")
     p.add_argument("--unsafe-load", action="store_true", help="torch.load with weights_only=False (trusted files only)")
     args = p.parse_args(argv)
@@ -37,6 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
             path = save_torchvision(state, args.out, arch=arch)
             print(f"wrote {path} ({arch}); load with torchvision.models.get_model({arch!r}).load_state_dict(sd, strict=False)")
             return {"weights": str(path), "arch": arch}
+        if args.format == "timm":
+            source = load_source(args.checkpoint, weights_only=weights_only)
+            state = to_timm(source, arch=args.arch)
+            torch.save(state, args.out)
+            name = (args.arch or source_arch(source)).removeprefix("timm:")
+            print(f"wrote {args.out} (timm {name}); load with timm.create_model({name!r}).load_state_dict(sd, strict=False)")
+            return {"weights": str(args.out), "arch": f"timm:{name}"}
         weights, config = save_detectron2(args.checkpoint, args.out, weights_only=weights_only)
         print(f"wrote {weights} (MODEL.WEIGHTS) and {config} (Detectron2 config keys to merge)")
         return {"weights": str(weights), "config": str(config)}

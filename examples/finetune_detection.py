@@ -29,14 +29,13 @@ import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scrl.data import hflip_with_boxes, open_box_dataset
 from scrl.train.distributed import cleanup, init_distributed, wrap_ddp
 from scrl.eval import split_by_image
-from scrl.export import resnet_arch, to_torchvision
-from scrl.trunk import RESNET_ARCHS
+from scrl.export import load_source, resnet_arch, source_arch, to_torchvision
+from scrl.fpn import FPNBackbone
+from scrl.trunk import supported_archs
 
 
 def load_pycocotools() -> tuple[Any, Any]:
@@ -78,30 +77,23 @@ def collate(items: list) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
 
 
 def build_detector(args: argparse.Namespace, num_classes: int) -> tuple[FasterRCNN, str]:
-    """Faster R-CNN + FPN on a torchvision ResNet trunk initialised from ``args.weights`` (or 'random')."""
+    """Faster R-CNN + FPN on a torchvision trunk of any supported family, from ``args.weights`` (or 'random')."""
     weights, arch = args.weights, args.arch
+    state = None
     if weights == "random":
         arch = arch or "resnet50"
-        state = None
     else:
-        state = to_torchvision(weights, weights_only=not args.unsafe_load)
-        found = resnet_arch(state)
-        if arch is not None and arch != found:
-            raise ValueError(f"--arch {arch} given, but {weights} holds a {found}")
-        arch = found
-    # Trainable BatchNorm (torchvision's detection default is FrozenBatchNorm2d).
-    resnet = getattr(torchvision.models, arch)(weights=None, norm_layer=nn.BatchNorm2d)
+        source = load_source(weights, weights_only=not args.unsafe_load)
+        recorded = source_arch(source)
+        if arch is not None and recorded is not None and arch != recorded:
+            raise ValueError(f"--arch {arch} given, but {weights} holds a {recorded}")
+        state = to_torchvision(source, arch=arch or recorded)
+        arch = arch or recorded or resnet_arch(state)
+    # Trainable BatchNorm (torchvision's detection models default to FrozenBatchNorm2d).
+    model = torchvision.models.get_model(arch, weights=None)
     if state is not None:
-        resnet.load_state_dict(state, strict=False)  # to_torchvision checked that only fc.* is missing
-    c5 = resnet.fc.in_features
-    backbone = BackboneWithFPN(
-        resnet,
-        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-        in_channels_list=[c5 // 8, c5 // 4, c5 // 2, c5],
-        out_channels=256,
-        extra_blocks=LastLevelMaxPool(),
-        norm_layer=nn.BatchNorm2d,
-    )
+        model.load_state_dict(state, strict=False)  # to_torchvision checked that only the classifier is missing
+    backbone = FPNBackbone(model)
     detector = FasterRCNN(
         backbone,
         num_classes=num_classes + 1,
@@ -162,7 +154,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--weights", required=True, help="exported torchvision trunk, training checkpoint, or 'random'")
-    add("--arch", choices=RESNET_ARCHS, default=None, help="architecture for 'random' (default resnet50)")
+    add("--arch", choices=supported_archs(), default=None, metavar="ARCH",
+        help="torchvision builder name of the trunk, for 'random' (default resnet50) and for exported weights of "
+             "another family than ResNet (a training checkpoint records its own)")
     add("--data", required=True, help="training boxes: COCO .json, YOLO folder or synthetic[:N]")
     add("--format", choices=["coco", "yolo", "synthetic"], default=None)
     add("--image-dir", default=None, help="COCO image folder of --data")

@@ -26,15 +26,15 @@ import torchvision
 
 from scrl.data import open_box_dataset
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, split_by_image
-from scrl.export import load_source, resnet_arch, source_arch, to_torchvision
-from scrl.trunk import Trunk, supported_archs, torchvision_trunk
+from scrl.export import load_source, resnet_arch, source_arch, to_timm, to_torchvision
+from scrl.trunk import TIMM_PREFIX, Trunk, as_trunk, torchvision_trunk
 
 
 def build_trunk(checkpoint: str, arch: str | None, weights_only: bool = True) -> tuple[Trunk, str]:
     """The trunk that ``--checkpoint`` names, and its architecture."""
     if checkpoint == "random":
         arch = arch or "resnet50"
-        return torchvision_trunk(arch), arch
+        return as_trunk(arch), arch
     if checkpoint == "torchvision-supervised":
         arch = arch or "resnet50"
         try:
@@ -49,10 +49,14 @@ def build_trunk(checkpoint: str, arch: str | None, weights_only: bool = True) ->
     recorded = source_arch(source)
     if arch is not None and recorded is not None and arch != recorded:
         raise ValueError(f"--arch {arch} given, but the checkpoint holds a {recorded}")
-    state = to_torchvision(source, arch=arch)
-    found = arch or recorded or resnet_arch(state)
-    trunk = torchvision_trunk(found)
-    trunk.body.load_state_dict(state)
+    found = arch or recorded
+    if found is not None and found.startswith(TIMM_PREFIX):
+        state = to_timm(source, arch=found)
+    else:
+        state = to_torchvision(source, arch=found)
+        found = found or resnet_arch(state)
+    trunk = as_trunk(found)
+    trunk.load_backbone_state_dict(state)
     return trunk, found
 
 
@@ -60,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--checkpoint", required=True, help="training checkpoint, torchvision state dict, 'random' or 'torchvision-supervised'")
-    add("--arch", choices=supported_archs(), default=None, metavar="ARCH",
+    add("--arch", default=None, metavar="ARCH",
         help="torchvision builder name for 'random'/'torchvision-supervised' or a plain state dict (default resnet50; "
              "a training checkpoint records its own)")
     add("--data", required=True, help="COCO .json, YOLO folder (images/ + labels/) or synthetic[:N]")

@@ -29,7 +29,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .eval.trunk_forward import unwrap_module
 from .train.checkpoint import load_checkpoint
-from .trunk import FAMILIES, supported_archs
+from .trunk import FAMILIES, TIMM_PREFIX, supported_archs
 
 __all__ = [
     "DETECTRON2_PIXEL_MEAN",
@@ -43,6 +43,7 @@ __all__ = [
     "save_torchvision",
     "source_arch",
     "to_detectron2",
+    "to_timm",
     "to_torchvision",
 ]
 
@@ -134,13 +135,12 @@ def backbone_state_dict(source: Source, *, weights_only: bool = True) -> dict[st
         source = _load(source, weights_only)
     if isinstance(source, nn.Module):
         module = unwrap_module(source)
-        if hasattr(module, "backbone_state_dict"):
+        if hasattr(module, "backbone_state_dict"):  # SCRL, BYOL, Trunk: already under the source model's names
             state: Mapping[str, Any] = module.backbone_state_dict()
         elif isinstance(getattr(module, "body", None), nn.Module):
-            state = module.body.state_dict()
+            state = _trunk_from_state(module.body.state_dict())
         else:
-            state = module.state_dict()
-        state = _trunk_from_state(state)
+            state = _trunk_from_state(module.state_dict())
     elif isinstance(source, Mapping):
         model = source.get("model")
         state = _trunk_from_state(model if isinstance(model, Mapping) else source)
@@ -216,6 +216,8 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
     source = load_source(source, weights_only=weights_only)
     state = backbone_state_dict(source, weights_only=weights_only)
     arch = arch or source_arch(source) or resnet_arch(state)
+    if arch.startswith(TIMM_PREFIX):
+        raise ValueError(f"{arch!r} is a timm trunk: export it with to_timm (examples/export_backbone.py --format timm)")
     if arch not in supported_archs():
         raise ValueError(f"arch {arch!r} is not a torchvision classifier scrl exports to; supported: scrl.trunk.supported_archs()")
     model = torchvision.models.get_model(arch, weights=None)
@@ -227,6 +229,39 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
     missing = [k for k in missing if k.split(".")[0] != head]
     if missing or unexpected:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: missing {missing}, unexpected {unexpected}")
+    return state
+
+
+def to_timm(source: Source, *, arch: str | None = None, weights_only: bool = True) -> dict[str, Tensor]:
+    """Trunk weights of a ``"timm:NAME"`` trunk that ``timm.create_model(NAME)`` loads with only the classifier missing.
+
+    Args:
+        source: see the module docstring (a model, a trunk, or a training checkpoint of a timm trunk).
+        arch: ``"timm:NAME"`` or ``"NAME"``; default: the one ``source`` records.
+
+    Raises:
+        ValueError: timm is not installed, no timm name is known, or the weights do not fit the model.
+    """
+    source = load_source(source, weights_only=weights_only)
+    arch = arch or source_arch(source)
+    if arch is None:
+        raise ValueError("source records no timm model name: pass arch='timm:NAME'")
+    name = arch.removeprefix(TIMM_PREFIX)
+    state = backbone_state_dict(source)
+    if isinstance(source, Mapping):  # a checkpoint: the trunk's body holds the timm model as .model
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    try:
+        import timm
+    except ImportError as err:
+        raise ValueError('the timm export needs timm: pip install "scrl[timm]"') from err
+    model = timm.create_model(name, pretrained=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"trunk weights do not fit timm's {name}: {err}") from err
+    head = {k for k in model.state_dict() if k.startswith(model.default_cfg.get("classifier", "fc"))}
+    if unexpected or set(missing) - head:
+        raise ValueError(f"trunk weights do not fit timm's {name}: missing {sorted(set(missing) - head)}, unexpected {unexpected}")
     return state
 
 

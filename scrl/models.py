@@ -198,7 +198,7 @@ class TwoViewModel(nn.Module):
         Load with ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` (only
         ``fc.*`` is missing).
         """
-        return self.trunk.body.state_dict()
+        return self.trunk.backbone_state_dict()
 
     def extra_repr(self) -> str:
         return f"tau_base={self.tau_base}"

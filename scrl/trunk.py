@@ -17,7 +17,10 @@ from torch import Tensor, nn
 
 from .cell_centre import measure_cell_offset
 
-__all__ = ["FAMILIES", "RESNET_ARCHS", "Trunk", "as_trunk", "resnet_trunk", "supported_archs", "torchvision_trunk"]
+__all__ = [
+    "FAMILIES", "RESNET_ARCHS", "TIMM_PREFIX", "Trunk", "as_trunk", "is_supported_arch", "resnet_trunk", "supported_archs",
+    "timm_trunk", "torchvision_trunk",
+]
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -52,6 +55,14 @@ def supported_archs() -> list[str]:
     """The torchvision builder names :func:`torchvision_trunk` takes, sorted."""
     prefixes = tuple(prefix for family in FAMILIES.values() for prefix in family.prefixes)
     return sorted(name for name in torchvision.models.list_models(module=torchvision.models) if name.startswith(prefixes))
+
+
+TIMM_PREFIX = "timm:"
+
+
+def is_supported_arch(arch: str) -> bool:
+    """Whether ``arch`` names a trunk: a torchvision builder name of :func:`supported_archs`, or ``"timm:NAME"``."""
+    return arch in supported_archs() or (arch.startswith(TIMM_PREFIX) and len(arch) > len(TIMM_PREFIX))
 
 
 def _family(arch: str) -> str | None:
@@ -102,6 +113,16 @@ class Trunk(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` float ``[B, 3, H, W]`` -> feature map ``[B, channels, H / stride, W / stride]``."""
         return self.body(x)
+
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        """The weights under the key names of the model the body comes from (torchvision's, timm's)."""
+        export = getattr(self.body, "backbone_state_dict", None)
+        return export() if callable(export) else self.body.state_dict()
+
+    def load_backbone_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load weights in the layout :meth:`backbone_state_dict` gives (strictly)."""
+        load = getattr(self.body, "load_backbone_state_dict", None)
+        (load if callable(load) else self.body.load_state_dict)(state)
 
     def extra_repr(self) -> str:
         arch = f"arch={self.arch!r}, " if self.arch is not None else ""
@@ -186,12 +207,60 @@ def _map_channels(body: nn.Module) -> int:
         body.train(was_training)
 
 
+class _TimmFeatures(nn.Module):
+    """A timm model's ``forward_features``: its unpooled last map, its weights under timm's names."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    def load_backbone_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+def timm_trunk(name: str) -> Trunk:
+    """A timm model (random init) without its classifier, returning its last feature map.
+
+    Needs the optional ``timm`` extra (``pip install "scrl[timm]"``); ``import scrl`` does not.
+    The trunk's ``backbone_state_dict()`` is a timm state dict that
+    ``timm.create_model(name).load_state_dict(sd, strict=False)`` takes with only the classifier
+    missing. The stride comes from timm's ``feature_info``, the channels from ``num_features``,
+    and the cell offset is measured (:func:`~scrl.cell_centre.measure_cell_offset`).
+
+    Args:
+        name: a timm model name, with or without the ``"timm:"`` prefix (``"convnext_nano"``,
+            ``"timm:regnety_002"``); the model must give a 4-d map from ``forward_features``
+            (CNNs; not vision transformers).
+
+    Raises:
+        ValueError: timm is not installed, the name is unknown to it, or the model gives no map.
+    """
+    name = name.removeprefix(TIMM_PREFIX)
+    try:
+        import timm
+    except ImportError as err:
+        raise ValueError(f"trunk 'timm:{name}' needs timm: pip install \"scrl[timm]\"") from err
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise ValueError(f"timm has no model {name!r} ({err}); see timm.list_models()") from err
+    stride = int(model.feature_info[-1]["reduction"])
+    return Trunk(_TimmFeatures(model), stride=stride, channels=int(model.num_features), arch=TIMM_PREFIX + name)
+
+
 def _unsupported(arch: object) -> str:
     families = ", ".join(f"{name} ({'|'.join(f.prefixes)}*)" for name, f in FAMILIES.items())
     return (
         f"arch {arch!r} is not a supported trunk: give a torchvision classifier of the families {families} "
         f"(e.g. {', '.join(('resnet50', 'resnext50_32x4d', 'regnet_y_800mf', 'convnext_tiny', 'efficientnet_b0', 'mobilenet_v3_large'))}; "
-        "all: scrl.trunk.supported_archs()), or wrap any module returning a feature map as Trunk(module, stride, channels)"
+        "all: scrl.trunk.supported_archs()), a timm model as 'timm:NAME' (pip install \"scrl[timm]\"), or any module "
+        "returning a feature map wrapped as Trunk(module, stride, channels)"
     )
 
 
@@ -229,4 +298,6 @@ def as_trunk(trunk: nn.Module | str) -> Trunk:
     """``trunk`` itself if it is a :class:`Trunk`, else :func:`torchvision_trunk` of the name or model."""
     if isinstance(trunk, Trunk):
         return trunk
+    if isinstance(trunk, str) and trunk.startswith(TIMM_PREFIX):
+        return timm_trunk(trunk)
     return torchvision_trunk(trunk)

@@ -14,6 +14,7 @@ import torch
 import torchvision
 
 from scrl.data import SyntheticScenes
+from scrl.fpn import FPNBackbone
 from scrl.train import PretrainConfig, Pretrainer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -162,3 +163,34 @@ def test_a_convnext_trunk_pretrains_exports_and_evaluates_like_a_resnet(tmp_path
     scores = evaluate.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--data", "synthetic:8", "--image-size", "64",
                             "--epochs", "2", "--seeds", "1", "--workers", "0", "--batch-size", "4"])
     assert scores["arch"] == "convnext_tiny" and 0 <= scores["linear_top1"] <= 100
+    # Faster R-CNN with an FPN on the exported trunk (a plain state dict: the name comes with --arch).
+    finetune = load_script("finetune_detection")
+    det = finetune.main(
+        ["--weights", str(tmp_path / "cnx.pth"), "--arch", "convnext_tiny", "--data", str(_yolo_folder(tmp_path / "yolo")),
+         "--iters", "2", "--batch-size", "2", "--min-size", "64", "--max-size", "64", "--rois-per-image", "16",
+         "--proposals", "32", "--workers", "0", "--device", "cpu", "--eval", "none", "--output-dir", str(tmp_path / "det")]
+    )
+    assert det["arch"] == "convnext_tiny" and torch.isfinite(torch.tensor(det["final_loss"]))
+    detector = torch.load(tmp_path / "det" / "detector_final.pth", weights_only=True)
+    assert detector["backbone.body.features.0.0.weight"].shape == backbone["features.0.0.weight"].shape
+    assert [name for name, _, _ in FPNBackbone(torchvision.models.convnext_tiny()).stages] == [
+        "features.1", "features.3", "features.5", "features"]
+
+
+@pytest.mark.slow
+def test_a_timm_trunk_pretrains_exports_and_evaluates(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    out = tmp_path / "pretrain"
+    Pretrainer(PretrainConfig(
+        arch="timm:regnety_002", epochs=1, max_steps=1, synthetic_images=8, batch_size=4, image_size=64, num_boxes=2,
+        min_box_size=16.0, projector_hidden=32, projection_dim=16, workers=0, device="cpu", output_dir=str(out),
+    )).run()
+    export = load_script("export_backbone")
+    result = export.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--format", "timm", "--out", str(tmp_path / "t.pth")])
+    assert result["arch"] == "timm:regnety_002"
+    missing, unexpected = timm.create_model("regnety_002").load_state_dict(torch.load(tmp_path / "t.pth"), strict=False)
+    assert unexpected == [] and all(k.startswith("head.fc") for k in missing)
+    evaluate = load_script("roi_linear_eval")
+    scores = evaluate.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--data", "synthetic:8", "--image-size", "64",
+                            "--epochs", "2", "--seeds", "1", "--workers", "0", "--batch-size", "4"])
+    assert scores["arch"] == "timm:regnety_002"

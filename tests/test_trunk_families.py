@@ -110,3 +110,46 @@ def test_a_non_resnet_trunk_trains_under_bf16_and_channels_last(cls):
         loss, logs = model(v1.contiguous(memory_format=torch.channels_last), v2, g1, g2)
     loss.backward()
     assert loss.dtype == torch.float32 and model.trunk.body.features[0][0].weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------- timm
+
+
+@pytest.mark.parametrize("name, offset", [("resnet18", 0.5), ("convnext_nano", 16.0), ("regnety_002", 0.5), ("mobilenetv3_small_100", 0.5)])
+def test_timm_trunks_measure_their_cells_and_export_timm_state_dicts(name, offset):
+    timm = pytest.importorskip("timm")
+    from scrl.export import to_timm
+    from scrl.trunk import timm_trunk
+
+    trunk = timm_trunk(f"timm:{name}")
+    assert (trunk.arch, trunk.stride, trunk.cell_offset) == (f"timm:{name}", 32, offset)
+    model = BYOL(trunk, **SMALL)
+    state = to_timm(model)
+    reference = timm.create_model(name, pretrained=False)
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    classifier = reference.default_cfg["classifier"]
+    assert unexpected == [] and missing and all(k.startswith(classifier) for k in missing)
+
+
+def test_a_timm_convnext_pools_features_at_its_box_centres():
+    pytest.importorskip("timm")
+    trunk = SCRL("timm:convnext_nano", **SMALL).trunk
+    boxes = BOXES[((BOXES[:, :2] >= trunk.cell_offset - 8) & (BOXES[:, 2:] <= 32 * (VIEW // 32 - 1) + trunk.cell_offset + 8)).all(dim=1)]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    exact = pooled_feature_centres(linearised_copy(trunk.body), SCRL(trunk, **SMALL).roi_pool, boxes)
+    assert (exact - centres).abs().max() < 1.0, exact - centres
+
+
+def test_import_scrl_never_needs_timm(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['timm'] = None\n"
+        "import scrl, scrl.train, scrl.eval, scrl.export\n"
+        "from scrl.trunk import timm_trunk\n"
+        "try:\n    timm_trunk('timm:resnet18')\nexcept ValueError as err:\n    print(err)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert 'needs timm: pip install "scrl[timm]"' in result.stdout

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from ..trunk import FAMILIES, supported_archs
+from ..trunk import FAMILIES, is_supported_arch
 
 __all__ = ["ConfigError", "CPU_DEFAULTS", "GPU_DEFAULTS", "IDENTITY_FIELDS", "PRESETS", "PretrainConfig", "SCHEDULE_FIELDS"]
 
@@ -207,11 +207,11 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not ok(value):  # "not ok" also rejects nan
                 raise ConfigError(f"{name} must be {allowed}, got {value}")
-        if self.arch is not None and self.arch not in supported_archs():
+        if self.arch is not None and not is_supported_arch(self.arch):
             raise ConfigError(
                 f"arch={self.arch!r} is not a supported trunk: any torchvision CNN of the families "
                 f"{', '.join(FAMILIES)} by its builder name, e.g. resnet50, convnext_tiny, regnet_y_800mf (all: "
-                "scrl.trunk.supported_archs(); another module goes to Pretrainer(model=...))"
+                "scrl.trunk.supported_archs()), or 'timm:NAME'; another module goes to Pretrainer(model=...)"
             )
         if self.min_box_size is not None and self.image_size is not None and self.min_box_size > self.image_size:
             raise ConfigError(f"min_box_size must be at most image_size={self.image_size}, got {self.min_box_size}")
