@@ -23,7 +23,7 @@ import warnings
 
 from typing import get_args
 
-from scrl.train import PRESETS, ConfigError, PretrainConfig, Pretrainer, RunWarning
+from scrl.train import PRESETS, CheckpointError, ConfigError, PretrainConfig, Pretrainer, RunWarning
 from scrl.train.config import CPU_DEFAULTS, FIXED_DEFAULTS, GPU_DEFAULTS, Amp, Device, Method, RoIPooling
 
 FIELDS = sorted((f.name for f in dataclasses.fields(PretrainConfig)), key=len, reverse=True)
@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     add("--output-dir", help=default("output_dir"))
     add("--resume", help=f"auto (latest checkpoint in --output-dir, if any), a checkpoint path, or none ({default('resume')})")
     add("--overwrite", action="store_true",
-        help="start a new run in an --output-dir that holds another one, moving the old run aside into replaced-<time>/")
+        help="if --output-dir holds another run (or one that cannot be resumed), move it aside into replaced-<time>/ and start afresh")
     add("--seed", type=int, help=default("seed"))
     add("--amp", choices=get_args(Amp), help=f"mixed precision ({default('amp')})")
     add("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on tensor cores)")
@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
         warnings.showwarning = lambda message, *_: print(f"warning: {in_flags(str(message))}", file=sys.stderr, flush=True)
         try:
             return Pretrainer(PretrainConfig(**vars(args))).run()
-        except ConfigError as err:  # a setting the run cannot use: name it as a flag, exit 2
+        except (ConfigError, CheckpointError) as err:  # a setting or file the run cannot use: named, exit 2
             p.error(in_flags(str(err)))
+        except OSError as err:  # e.g. a checkpoint that could not be written: the message names path and cause
+            p.exit(1, f"error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,10 @@ class ViewGeometry(_Fields):
         return super().__new__(cls, crop, flipped, size)
 
     @classmethod
+    def _make(cls, iterable: Sequence[Tensor]) -> "ViewGeometry":  # so that _replace checks its fields too
+        return cls(*iterable)
+
+    @classmethod
     def full(cls, width: float, height: float) -> "ViewGeometry":
         """The identity view of a ``width`` x ``height`` source image (no crop, no flip)."""
         if not (width > 0 and height > 0):

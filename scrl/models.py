@@ -159,7 +159,8 @@ class TwoViewModel(nn.Module):
             if view.dtype not in _VIEW_DTYPES:
                 raise ValueError(
                     f"{name} must be float32, float16 or bfloat16 (normalised images; the trunk's own dtype under "
-                    f"autocast), got {view.dtype}; make uint8 views float with scrl.transforms.normalize_images"
+                    f"autocast), got {view.dtype}; normalise uint8 views with scrl.transforms.normalize_images, cast "
+                    "float64 ones to float32"
                 )
             if geom is not None:
                 check_view_size(view, geom, name)

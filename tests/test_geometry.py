@@ -117,6 +117,8 @@ def test_batching_and_replacing_keep_a_valid_geometry():
     batch = torch.utils.data.default_collate([g, g.hflip()])
     assert isinstance(batch, ViewGeometry) and batch.flipped.tolist() == [False, True]
     assert batch._replace(size=batch.size * 2).size.shape == (2, 2)
+    with pytest.raises(ValueError, match="crop must be a float"):
+        batch._replace(crop=batch.crop[:, :3])
 
 
 def test_check_view_size_compares_cpu_geometry_and_only_shapes_elsewhere():

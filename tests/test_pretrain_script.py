@@ -101,20 +101,20 @@ def test_cpu_defaults_are_announced(script_main, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--base-lr", "-1"], "--base-lr must be > 0, got -1.0"),
-        (["--base-lr", "0"], "--base-lr must be > 0, got 0.0"),
-        (["--base-lr", "nan"], "--base-lr must be > 0, got nan"),
-        (["--weight-decay=-1e-6"], "--weight-decay must be >= 0, got -1e-06"),
+        (["--base-lr", "-1"], "--base-lr must be > 0 and finite, got -1.0"),
+        (["--base-lr", "0"], "--base-lr must be > 0 and finite, got 0.0"),
+        (["--base-lr", "nan"], "--base-lr must be > 0 and finite, got nan"),
+        (["--weight-decay=-1e-6"], "--weight-decay must be >= 0 and finite, got -1e-06"),
         (["--tau-base", "-0.1"], "--tau-base must be in [0, 1], got -0.1"),
         (["--tau-base", "1.5"], "--tau-base must be in [0, 1], got 1.5"),
-        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0 and finite, got -1.0"),
         (["--image-size", "16"], "--image-size must be >= 32, got 16"),
         (["--roi-probe-size", "31"], "--roi-probe-size must be >= 32, got 31"),
         (["--projector-hidden", "0"], "--projector-hidden must be >= 1, got 0"),
         (["--projection-dim", "-4"], "--projection-dim must be >= 1, got -4"),
         (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         (["--save-every", "-1"], "--save-every must be >= 0, got -1"),
-        (["--min-box-size", "0"], "--min-box-size must be > 0, got 0.0"),
+        (["--min-box-size", "0"], "--min-box-size must be > 0 and finite, got 0.0"),
         (["--image-size", "40", "--min-box-size", "100"], "--min-box-size must be at most --image-size=40, got 100.0"),
         (["--resume", "/no/such/checkpoint.pth"], "--resume='/no/such/checkpoint.pth': no such checkpoint file"),
         (["--method", "simclr"], "invalid choice: 'simclr'"),
@@ -192,4 +192,4 @@ def test_two_processes_with_gloo_keep_identical_weights_and_resume(tmp_path):
     # Another global batch would change the schedule: refused.
     fourth = _run([sys.executable, str(SCRIPT), *TINY, "--batch-size", "2", "--output-dir", str(tmp_path), "--epochs", "3"])
     assert fourth.returncode == 2 and "--epochs: 2 in the checkpoint, 3 now" in fourth.stderr
-    assert "global_batch: 4 in the checkpoint, 2 now" in fourth.stderr
+    assert "images per step (batch_size x processes): 4 in the checkpoint, 2 now" in fourth.stderr

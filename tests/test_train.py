@@ -93,11 +93,12 @@ def test_cpu_defaults_gpu_defaults_presets_and_their_precedence():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(base_lr=-1.0), "base_lr must be > 0, got -1.0"),
-        (dict(base_lr=float("nan")), "base_lr must be > 0, got nan"),
-        (dict(weight_decay=-1e-6), "weight_decay must be >= 0, got -1e-06"),
+        (dict(base_lr=-1.0), "base_lr must be > 0 and finite, got -1.0"),
+        (dict(base_lr=float("nan")), "base_lr must be > 0 and finite, got nan"),
+        (dict(base_lr=float("inf")), "base_lr must be > 0 and finite, got inf"),
+        (dict(weight_decay=-1e-6), "weight_decay must be >= 0 and finite, got -1e-06"),
         (dict(tau_base=1.5), "tau_base must be in [0, 1], got 1.5"),
-        (dict(warmup_epochs=-1.0), "warmup_epochs must be >= 0, got -1.0"),
+        (dict(warmup_epochs=-1.0), "warmup_epochs must be >= 0 and finite, got -1.0"),
         (dict(image_size=16), "image_size must be >= 32, got 16"),
         (dict(batch_size=0), "batch_size must be >= 1, got 0"),
         (dict(save_every=-1), "save_every must be >= 0, got -1"),
@@ -444,7 +445,7 @@ def copy_of(run_dir, tmp_path):
         (dict(base_lr=4.5), "base_lr", "0.45", "4.5"),
         (dict(weight_decay=1e-5), "weight_decay", "1e-06", "1e-05"),
         (dict(epochs=3), "epochs", "2", "3"),
-        (dict(batch_size=2), "global_batch", "4", "2"),
+        (dict(batch_size=2), re.escape("images per step (batch_size x processes)"), "4", "2"),
     ],
 )
 def test_resume_refuses_another_run_naming_the_field_and_both_values(two_steps, tmp_path, change, field, saved, given):
@@ -560,3 +561,35 @@ def test_the_first_progress_line_comes_at_step_one(tmp_path, capsys):
     run(tmp_path, log_every=10, max_steps=3)
     out = capsys.readouterr().out
     assert "epoch 0 step 1/3 loss" in out and "step 2/3" not in out and "step 3/3 loss" in out
+
+
+def test_a_refused_resume_moves_nothing_even_with_overwrite(two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    elsewhere = copy_of(two_steps, tmp_path / "b")
+    with pytest.raises(ValueError, match="base_lr: 0.45 in the checkpoint, 4.5 now"):
+        run(out, resume=str(elsewhere / "checkpoint_last.pth"), base_lr=4.5, overwrite=True)
+    assert not list(out.glob("replaced-*")) and checkpoint(out)["step"] == 2
+
+
+def test_overwrite_replaces_a_torn_or_old_checkpoint_of_the_folder(two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    state = checkpoint(out)
+    del state["run"]  # as an earlier version of scrl wrote it
+    torch.save(state, out / "checkpoint_last.pth")
+    with pytest.raises(ValueError, match="written by an earlier version of scrl.*overwrite=True"):
+        run(out)
+    (out / "checkpoint_last.pth").write_bytes(b"torn")
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        run(out)
+    assert run(out, overwrite=True, max_steps=1)["step"] == 1 and len(list(out.glob("replaced-*"))) == 1
+
+
+def test_a_given_models_box_settings_belong_to_the_run(tmp_path):
+    def given(num_boxes):
+        torch.manual_seed(0)
+        return scrl.SCRL("resnet18", num_boxes=num_boxes, min_size=16, projector_hidden=32, projection_dim=16)
+
+    settings = {k: v for k, v in TINY.items() if k not in ("arch", "projector_hidden", "projection_dim", "tau_base")}
+    Pretrainer(PretrainConfig(**settings, output_dir=str(tmp_path), max_steps=1), model=given(10)).run()
+    with pytest.raises(ValueError, match=r'sampler: "BoxPairSampler\(num_boxes=10.* in the checkpoint, "BoxPairSampler\(num_boxes=3'):
+        Pretrainer(PretrainConfig(**settings, output_dir=str(tmp_path)), model=given(3)).run()

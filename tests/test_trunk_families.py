@@ -14,8 +14,8 @@ import pytest
 import torch
 import torchvision
 
-from scrl import BYOL, SCRL, lars_param_groups
-from scrl.cell_centre import linearised_copy, measure_cell_offset
+from scrl import BYOL, SCRL, BoxPairs, RoIPairPool, lars_param_groups
+from scrl.cell_centre import gradient_centroid, linearised_copy, measure_cell_offset
 from scrl.export import to_torchvision
 from scrl.trunk import FAMILIES, supported_archs, torchvision_trunk
 from scrl.train.lars import NORM_LAYERS
@@ -153,3 +153,40 @@ def test_import_scrl_never_needs_timm(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'needs timm: pip install "scrl[timm]"' in result.stdout
+
+
+def _source_point_gap(trunk, pool: RoIPairPool) -> torch.Tensor:
+    """Distance (view px) between where a box's pooled feature looks in a view and in its mirror image.
+
+    Real random-init weights in eval mode; where a feature looks is the centroid of the absolute
+    gradient of its squared norm, with the view in the middle of a zero canvas (no cell cut off).
+    """
+    torch.manual_seed(0)
+    image, margin = torch.rand(1, 3, VIEW, VIEW), 160
+    boxes1 = torch.tensor([[40.0, 50.0, 120.0, 130.0], [90.0, 30.0, 150.0, 100.0]])
+    boxes2 = torch.stack([VIEW - boxes1[:, 2], boxes1[:, 1], VIEW - boxes1[:, 0], boxes1[:, 3]], dim=1)
+
+    def looks_at(view, boxes):
+        canvas = torch.zeros(len(boxes), 3, VIEW + 2 * margin, VIEW + 2 * margin)
+        canvas[:, :, margin:-margin, margin:-margin] = view
+        canvas.requires_grad_(True)
+        cells = margin // 32
+        fmap = trunk(canvas)[..., cells : cells + VIEW // 32, cells : cells + VIEW // 32]
+        pooled, _, _ = pool(fmap, fmap, BoxPairs(boxes[:, None], boxes[:, None], torch.ones(len(boxes), 1, dtype=torch.bool)))
+        pooled.square().sum().backward()
+        return torch.tensor([gradient_centroid(g) for g in canvas.grad]) - margin
+
+    plain, mirrored = looks_at(image, boxes1), looks_at(image.flip(-1), boxes2)
+    return (plain - torch.stack([VIEW - mirrored[:, 0], mirrored[:, 1]], dim=1)).norm(dim=1)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "regnet_y_400mf", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_small"])
+def test_a_box_and_its_mirrored_partner_pool_the_same_source_point_on_real_weights(arch):
+    trunk = torchvision_trunk(arch).eval()
+    exact = _source_point_gap(trunk, RoIPairPool(32, cell_offset=trunk.cell_offset))
+    assert exact.max() < 5.0, exact
+    detectron2 = _source_point_gap(trunk, RoIPairPool(32, aligned=True))
+    if trunk.cell_offset == 16.0:  # RoIAlign's aligned=True assumes (i + 0.5) * 32: right for ConvNeXt
+        assert detectron2.max() < 5.0, detectron2
+    else:  # 15.5 px off in each view, in opposite source directions
+        assert detectron2.min() > 15.0, detectron2

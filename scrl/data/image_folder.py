@@ -35,11 +35,12 @@ def _image_files(root: str) -> Iterator[str]:
             continue
         seen_dirs.add((info.st_dev, info.st_ino))
         dirnames.sort()
+        real_dir = os.path.realpath(dirpath)  # once per folder: resolving every file would be slow on big trees
         for name in sorted(filenames):
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(dirpath, name)
-            real = os.path.realpath(path)
+            real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_dir, name)
             if real not in seen_files:
                 seen_files.add(real)
                 yield path
@@ -118,7 +119,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """
         n = len(self.samples)
         skipped: dict[str, str] = {}
-        for k in range(min(n, self.max_consecutive_unreadable + 1)):
+        for k in range(min(n, self.max_consecutive_unreadable)):
             path = self.samples[(index + k) % n]
             if path not in self.skipped:
                 try:

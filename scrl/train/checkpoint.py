@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pickle
 import random
 import tempfile
 from typing import Any, Mapping
@@ -121,7 +120,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: torch.device | str = 
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+    except OSError:  # missing or unreadable file: the operating system's error says it best
+        raise
+    except Exception as exc:  # torch and pickle fail on a damaged file in many ways (EOFError, KeyError, ...)
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc).split('. ')[0].strip(chr(39))}); "
             "it may be torn (cut short while it was written or copied) or not a file saved by torch.save"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -62,12 +63,12 @@ _RANGES = (
         "epochs", "max_steps", "batch_size", "num_boxes", "projector_hidden", "projection_dim", "log_every",
         "synthetic_images", "roi_probe_every",
     )),
-    ("base_lr", lambda v: v > 0, "> 0"),
-    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("base_lr", lambda v: 0 < v < math.inf, "> 0 and finite"),
+    ("weight_decay", lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     ("tau_base", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("warmup_epochs", lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     ("image_size", lambda v: v >= 32, ">= 32"),  # one stride-32 C5 cell
-    ("min_box_size", lambda v: v > 0, "> 0"),
+    ("min_box_size", lambda v: 0 < v < math.inf, "> 0 and finite"),
     ("roi_probe_size", lambda v: v >= 32, ">= 32"),
     ("save_every", lambda v: v >= 0, ">= 0"),
     ("workers", lambda v: v >= 0, ">= 0"),

@@ -23,7 +23,7 @@ from ..eval import roi_probe
 from ..models import BYOL, SCRL
 from ..transforms import BatchPhotometric, TwoViewTransform, normalize_images
 from .checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
+from .config import BOX_FIELDS, FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
 from .distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
 from .lars import LARS, lars_param_groups
 from .output_dir import BACKBONE_FILE, move_run_aside, run_files
@@ -145,6 +145,7 @@ class Pretrainer:
         config = self.config
         if not on_gpu:
             unused = set(FIXED_DEFAULTS) | (set(MODEL_FIELDS) if model is not None else set())
+            unused |= set(BOX_FIELDS) if model is None and config.method == "byol" else set()
             picked = " ".join(f"--{n.replace('_', '-')} {getattr(config, n)}" for n in filled if n not in unused)
             self._log(f"no GPU: using CPU defaults {picked} (set any of them explicitly to override)")
         self._warnings: list[str] = []
@@ -254,7 +255,7 @@ class Pretrainer:
         remedy = f"raise image_size={size} or lower min_box_size={sampler.min_size:g}"
         if share == 0:
             raise ConfigError(
-                f"no box pair fits: {where} (none in {pairs} view pairs of the data, cropped as in training), so SCRL "
+                f"no box pair fits: {where} (none in {pairs} view pairs of the images, cropped as in training), so SCRL "
                 f"would train on nothing; {remedy}"
             )
         if share < LOW_VALID_SHARE:
@@ -320,16 +321,7 @@ class Pretrainer:
             CheckpointError: ``state`` is not a checkpoint of a run (a backbone export, say).
             ConfigError: it is another run; the message lists each field that differs.
         """
-        missing = [key for key in _CHECKPOINT_KEYS if key not in state]
-        if missing:
-            looks_like = " (it holds only weights, like a backbone export)" if all(isinstance(v, Tensor) for v in state.values()) else ""
-            raise CheckpointError(f"{source} is not a training checkpoint of scrl.train{looks_like}: it has no {missing}")
-        conflicts = run_conflicts(state["run"], self._record)
-        if conflicts:
-            raise ConfigError(
-                f"cannot resume {source}: it is another run ({'; '.join(conflicts)}). Resume it with its own settings, or start "
-                "a new run in another output_dir, or in this one with overwrite=True, which moves the old run aside"
-            )
+        self._check_resumable(state, source)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -350,6 +342,25 @@ class Pretrainer:
                 "restart: the weights will not match an uninterrupted run bit for bit"
             )
         self._saved_at = self.step
+
+    def _check_resumable(self, state: Mapping[str, Any], source: str) -> None:
+        """Raise unless ``state`` is a checkpoint of this run (see :meth:`load_state_dict`)."""
+        missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+        if missing == ["run"]:
+            raise CheckpointError(
+                f"{source} was written by an earlier version of scrl, which did not record what the run is: it cannot "
+                "be resumed safely; start a new run (in this output_dir with overwrite=True, which moves it aside)"
+            )
+        if missing:
+            looks_like = " (it holds only weights, like a backbone export)" if all(isinstance(v, Tensor) for v in state.values()) else ""
+            raise CheckpointError(f"{source} is not a training checkpoint of scrl.train{looks_like}: it has no {missing}")
+        conflicts = run_conflicts(state["run"], self._record)
+        if conflicts:
+            retry = "" if self.config.overwrite else ", or in this one with overwrite=True, which moves the old run aside"
+            raise ConfigError(
+                f"cannot resume {source}: it is another run ({'; '.join(conflicts)}). Resume it with its own settings, or "
+                f"start a new run in another output_dir{retry}"
+            )
 
     def save(self) -> None:
         """Write :meth:`state_dict` to ``checkpoint_last.pth`` atomically (rank 0 writes; every rank must call it)."""
@@ -372,15 +383,22 @@ class Pretrainer:
         source = {"auto": self.checkpoint_path if os.path.isfile(self.checkpoint_path) else None, "none": None}.get(c.resume, c.resume)
         state = None
         if source is not None:
-            state = load_checkpoint(source, self.device)
-            if c.overwrite and c.resume == "auto" and "run" in state and run_conflicts(state["run"], self._record):
+            # Everything that can refuse the checkpoint is checked here, before anything is moved.
+            replaceable = c.overwrite and c.resume == "auto"  # the folder's own run, which a new run may replace
+            try:
+                state = load_checkpoint(source, self.device)
+                self._check_resumable(state, source)
+            except (CheckpointError, ConfigError):
+                if not replaceable:
+                    raise
                 state, source = None, None  # a new run replaces the old one, which is moved aside below
         continues_own = source is not None and os.path.isfile(self.checkpoint_path) and os.path.samefile(source, self.checkpoint_path)
         held = run_files(c.output_dir)
         if held and not continues_own:
             if not c.overwrite:
                 why = "resume='none' starts a new run" if c.resume == "none" else (
-                    "it has no checkpoint to resume" if source is None else f"this run resumes {source} instead")
+                    "it has no checkpoint to resume" if source is None else
+                    f"this run resumes {source} instead (to continue the run of output_dir, use resume='auto')")
                 raise ConfigError(
                     f"output_dir={c.output_dir!r} holds another run ({', '.join(held)}) and {why}, which would write over "
                     "it: resume it with resume='auto', choose another output_dir, or set overwrite=True to move the old "

@@ -62,12 +62,15 @@ def run_record(
     identity: dict[str, Any] = {name: getattr(config, name) for name in IDENTITY_FIELDS if name not in skipped}
     identity["data"] = data
     identity["images"] = images
-    if not model_from_config:
+    if not model_from_config:  # what the config would say of a model built from it
         identity["model"] = type(model).__name__
-    identity["parameters"] = model_signature(model)
+        for name in ("sampler", "roi_pool"):
+            if isinstance(getattr(model, name, None), nn.Module):
+                identity[name] = repr(getattr(model, name))
+    identity["parameter layout"] = model_signature(model)
     schedule: dict[str, Any] = {name: getattr(config, name) for name in SCHEDULE_FIELDS}
     schedule["tau_base"] = getattr(model, "tau_base", config.tau_base)
-    schedule["global_batch"] = config.batch_size * world_size
+    schedule["images per step (batch_size x processes)"] = config.batch_size * world_size
     schedule["steps_per_epoch"] = steps_per_epoch
     return {"identity": identity, "schedule": schedule}
 
