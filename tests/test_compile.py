@@ -32,16 +32,16 @@ def views_and_geometries(batch: int = 4, size: int = 64):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls", [SCRL, BYOL])
-def test_forward_and_backward_compile_without_graph_breaks(cls):
+@pytest.mark.parametrize("cls, arch", [(SCRL, "resnet18"), (BYOL, "resnet18"), (SCRL, "convnext_tiny"), (SCRL, "mobilenet_v3_small")])
+def test_forward_and_backward_compile_without_graph_breaks(cls, arch):
     torch.manual_seed(0)
-    model = cls("resnet18", **SMALL)
+    model = cls(arch, **SMALL)
     inputs = views_and_geometries()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     results = []
     for fn in (compiled, model):
         # Box sampling draws from the global RNG: a Generator argument cannot be traced, which is
-        # why examples/pretrain_imagenet.py passes generator=None under --compile.
+        # why scrl.train.Pretrainer passes generator=None under compile=True.
         torch.manual_seed(1)
         loss, logs = fn(*inputs, generator=None)
         model.zero_grad(set_to_none=True)
