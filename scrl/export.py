@@ -215,6 +215,11 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
     """
     source = load_source(source, weights_only=weights_only)
     state = backbone_state_dict(source, weights_only=weights_only)
+    if arch is None and source_arch(source) is None:
+        try:
+            resnet_arch(state)
+        except ValueError as err:
+            raise ValueError(f"{err}; for another torchvision model pass its name as arch= (--arch convnext_tiny)") from err
     arch = arch or source_arch(source) or resnet_arch(state)
     if arch.startswith(TIMM_PREFIX):
         raise ValueError(f"{arch!r} is a timm trunk: export it with to_timm (examples/export_backbone.py --format timm)")
@@ -247,9 +252,12 @@ def to_timm(source: Source, *, arch: str | None = None, weights_only: bool = Tru
     if arch is None:
         raise ValueError("source records no timm model name: pass arch='timm:NAME'")
     name = arch.removeprefix(TIMM_PREFIX)
-    state = backbone_state_dict(source)
-    if isinstance(source, Mapping):  # a checkpoint: the trunk's body holds the timm model as .model
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+    if isinstance(source, Mapping) and "model" not in source and not any(k.startswith("trunk.body.") for k in source):
+        state = dict(source)  # already a timm state dict (an earlier export)
+    else:
+        state = backbone_state_dict(source)
+        if isinstance(source, Mapping):  # a checkpoint: the trunk's body holds the timm model as .model
+            state = {k.removeprefix("model."): v for k, v in state.items()}
     try:
         import timm
     except ImportError as err:
@@ -328,9 +336,9 @@ def _resnet_only(source: Source, weights_only: bool) -> dict[str, Tensor]:
         arch = None
     if arch is None:
         raise ValueError(
-            f"Detectron2 export is for ResNet trunks only (this one is {source_arch(source) or 'no ResNet'}): Detectron2's "
-            "built-in backbones, key names and configs are ResNets'; fine-tune other trunks with torchvision's detectors "
-            "on the torchvision export (examples/finetune_detection.py)"
+            f"Detectron2 export is for torchvision's plain ResNets (resnet18 ... resnet152) only; this trunk is "
+            f"{source_arch(source) or 'another model'}, for which scrl has no Detectron2 key map and config. Fine-tune it "
+            "with torchvision's detectors on the torchvision export (examples/finetune_detection.py)"
         )
     return to_torchvision(source, arch=arch)
 

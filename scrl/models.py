@@ -194,10 +194,11 @@ class TwoViewModel(nn.Module):
         self.target.update(self._online_encoder(), cosine_tau(step, total_steps, self.tau_base))
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
-        """Online trunk weights; for ResNet trunks with torchvision key names (``conv1.weight``, ...).
+        """Online trunk weights under the key names of the model the trunk comes from.
 
-        Load with ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` (only
-        ``fc.*`` is missing).
+        For a torchvision trunk they load into ``torchvision.models.get_model(arch)`` with
+        ``strict=False`` (only the classifier, ``fc.*`` or ``classifier.*``, is missing); for a
+        ``"timm:NAME"`` trunk into ``timm.create_model(NAME)`` likewise.
         """
         return self.trunk.backbone_state_dict()
 

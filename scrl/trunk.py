@@ -250,8 +250,33 @@ def timm_trunk(name: str) -> Trunk:
         model = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as err:  # timm's "Unknown model"
         raise ValueError(f"timm has no model {name!r} ({err}); see timm.list_models()") from err
+    body = _TimmFeatures(model)
     stride = int(model.feature_info[-1]["reduction"])
-    return Trunk(_TimmFeatures(model), stride=stride, channels=int(model.num_features), arch=TIMM_PREFIX + name)
+    try:
+        _freeze_unused(body)
+        return Trunk(body, stride=stride, channels=int(model.num_features), arch=TIMM_PREFIX + name)
+    except (AssertionError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"timm's {name} gives no CNN feature map from forward_features that scrl can pool ({err}); vision "
+            "transformers are not trunks here"
+        ) from err
+
+
+def _freeze_unused(body: nn.Module) -> None:
+    """Stop training the parameters ``body``'s forward never uses (timm keeps pre-logits layers such as
+    ConvNeXt's ``head.norm`` and MobileNetV3's ``conv_head`` outside ``forward_features``): they would get
+    no gradient, which DistributedDataParallel refuses. They stay in the export, untrained."""
+    was_training = body.training
+    body.eval()
+    try:
+        params = [p for p in body.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(body(torch.zeros(1, 3, 128, 128)).sum(), params, allow_unused=True)
+    finally:
+        body.train(was_training)
+    for param, grad in zip(params, grads):
+        if grad is None:
+            param.requires_grad_(False)
 
 
 def _unsupported(arch: object) -> str:

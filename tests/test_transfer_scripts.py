@@ -157,7 +157,7 @@ def test_a_convnext_trunk_pretrains_exports_and_evaluates_like_a_resnet(tmp_path
     export = load_script("export_backbone")
     result = export.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--out", str(tmp_path / "cnx.pth")])
     assert result["arch"] == "convnext_tiny"
-    with pytest.raises(SystemExit, match="Detectron2 export is for ResNet trunks only"):
+    with pytest.raises(SystemExit, match="Detectron2 export is for torchvision.s plain ResNets"):
         export.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--format", "detectron2", "--out", str(tmp_path / "x.pkl")])
     evaluate = load_script("roi_linear_eval")
     scores = evaluate.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--data", "synthetic:8", "--image-size", "64",

@@ -190,3 +190,22 @@ def test_a_box_and_its_mirrored_partner_pool_the_same_source_point_on_real_weigh
         assert detectron2.max() < 5.0, detectron2
     else:  # 15.5 px off in each view, in opposite source directions
         assert detectron2.min() > 15.0, detectron2
+
+
+def test_timm_layers_outside_the_features_are_frozen_so_every_trained_parameter_gets_a_gradient():
+    pytest.importorskip("timm")
+    from scrl.trunk import timm_trunk
+
+    trunk = timm_trunk("timm:mobilenetv3_small_100")
+    frozen = [n for n, p in trunk.named_parameters() if not p.requires_grad]
+    assert frozen and all(".conv_head." in n for n in frozen)
+    trunk(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in trunk.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="no CNN feature map"):
+        timm_trunk("timm:vit_tiny_patch16_224")
+
+
+def test_a_plain_non_resnet_state_dict_asks_for_its_name():
+    with pytest.raises(ValueError, match=r"pass its name as arch= \(--arch convnext_tiny\)"):
+        to_torchvision(torchvision.models.mobilenet_v3_small().state_dict())
+    assert to_torchvision(torchvision.models.mobilenet_v3_small().state_dict(), arch="mobilenet_v3_small")
