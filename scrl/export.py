@@ -29,7 +29,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .eval.trunk_forward import unwrap_module
 from .train.checkpoint import load_checkpoint
-from .trunk import FAMILIES, TIMM_PREFIX, supported_archs
+from .trunk import FAMILIES, TIMM_PREFIX, family_of, supported_archs
 
 __all__ = [
     "DETECTRON2_PIXEL_MEAN",
@@ -215,12 +215,12 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
     """
     source = load_source(source, weights_only=weights_only)
     state = backbone_state_dict(source, weights_only=weights_only)
-    if arch is None and source_arch(source) is None:
+    arch = arch or source_arch(source)
+    if arch is None:
         try:
-            resnet_arch(state)
+            arch = resnet_arch(state)
         except ValueError as err:
             raise ValueError(f"{err}; for another torchvision model pass its name as arch= (--arch convnext_tiny)") from err
-    arch = arch or source_arch(source) or resnet_arch(state)
     if arch.startswith(TIMM_PREFIX):
         raise ValueError(f"{arch!r} is a timm trunk: export it with to_timm (examples/export_backbone.py --format timm)")
     if arch not in supported_archs():
@@ -230,7 +230,7 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: {err}") from err
-    head = FAMILIES[next(name for name, f in FAMILIES.items() if arch.startswith(f.prefixes))].classifier
+    head = FAMILIES[family_of(arch)].classifier
     missing = [k for k in missing if k.split(".")[0] != head]
     if missing or unexpected:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: missing {missing}, unexpected {unexpected}")
@@ -329,15 +329,17 @@ def to_detectron2(source: Source, *, weights_only: bool = True) -> dict[str, Any
 def _resnet_only(source: Source, weights_only: bool) -> dict[str, Tensor]:
     """The torchvision export of ``source``, which must be a ResNet for Detectron2."""
     source = load_source(source, weights_only=weights_only)
-    arch = source_arch(source)
-    try:
-        arch = resnet_arch(backbone_state_dict(source)) if arch is None or arch.startswith("resnet") else None
-    except ValueError:
-        arch = None
+    recorded = source_arch(source)
+    arch = None
+    if recorded is None or recorded.startswith("resnet"):  # ResNeXt and Wide ResNets fail resnet_arch too
+        try:
+            arch = resnet_arch(backbone_state_dict(source))
+        except ValueError:
+            pass
     if arch is None:
         raise ValueError(
             f"Detectron2 export is for torchvision's plain ResNets (resnet18 ... resnet152) only; this trunk is "
-            f"{source_arch(source) or 'another model'}, for which scrl has no Detectron2 key map and config. Fine-tune it "
+            f"{recorded or 'another model'}, for which scrl has no Detectron2 key map and config. Fine-tune it "
             "with torchvision's detectors on the torchvision export (examples/finetune_detection.py)"
         )
     return to_torchvision(source, arch=arch)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .trunk import torchvision_trunk
+from .trunk import evaluating, torchvision_trunk
 
 __all__ = ["FPNBackbone", "pyramid_stages"]
 
@@ -37,13 +37,10 @@ def pyramid_stages(body: nn.Module, size: int = 224) -> list[tuple[str, int, int
                 lambda _m, _i, out, name=name: finished.append((name, out.shape[1], size // out.shape[-1]))
                 if isinstance(out, Tensor) and out.dim() == 4 else None
             ))
-    was_training = body.training
-    body.eval()
     try:
-        with torch.no_grad():
+        with evaluating(body), torch.no_grad():
             body(torch.zeros(1, 3, size, size, device=next(body.parameters()).device))
     finally:
-        body.train(was_training)
         for hook in hooks:
             hook.remove()
     last = {stride: (name, channels, stride) for name, channels, stride in finished if stride in PYRAMID_STRIDES}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 import torchvision
@@ -18,8 +19,8 @@ from torch import Tensor, nn
 from .cell_centre import measure_cell_offset
 
 __all__ = [
-    "FAMILIES", "RESNET_ARCHS", "TIMM_PREFIX", "Trunk", "as_trunk", "is_supported_arch", "resnet_trunk", "supported_archs",
-    "timm_trunk", "torchvision_trunk",
+    "FAMILIES", "RESNET_ARCHS", "TIMM_PREFIX", "Trunk", "as_trunk", "evaluating", "family_of", "is_supported_arch", "resnet_trunk",
+    "supported_archs", "timm_trunk", "torchvision_trunk",
 ]
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -65,7 +66,8 @@ def is_supported_arch(arch: str) -> bool:
     return arch in supported_archs() or (arch.startswith(TIMM_PREFIX) and len(arch) > len(TIMM_PREFIX))
 
 
-def _family(arch: str) -> str | None:
+def family_of(arch: str) -> str | None:
+    """The key of :data:`FAMILIES` whose prefixes ``arch`` starts with, or None."""
     return next((name for name, family in FAMILIES.items() if arch.startswith(family.prefixes)), None)
 
 
@@ -158,7 +160,7 @@ def torchvision_trunk(arch: str | nn.Module) -> Trunk:
         (768, 16.0)
     """
     if isinstance(arch, str):
-        family = _family(arch)
+        family = family_of(arch)
         if family is None or arch not in supported_archs():
             raise ValueError(_unsupported(arch))
         model = torchvision.models.get_model(arch, weights=None)
@@ -184,7 +186,7 @@ def _arch_of(model: nn.Module, family: str) -> str | None:
     """The builder name of a torchvision model instance, from the layout of its weights; None if unknown."""
     state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for name in supported_archs():
-        if _family(name) != family:
+        if family_of(name) != family:
             continue
         try:
             with torch.device("meta"):  # the layout only: nothing is allocated or initialised
@@ -196,15 +198,21 @@ def _arch_of(model: nn.Module, family: str) -> str | None:
     return None
 
 
-def _map_channels(body: nn.Module) -> int:
-    """Channels of ``body``'s map, from one small forward pass (in eval mode, so no statistics move)."""
-    was_training = body.training
-    body.eval()
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``module`` in eval mode (no BatchNorm statistics move), then restore its mode."""
+    was_training = module.training
+    module.eval()
     try:
-        with torch.no_grad():
-            return int(body(torch.zeros(1, 3, 64, 64, device=next(body.parameters()).device)).shape[1])
+        yield module
     finally:
-        body.train(was_training)
+        module.train(was_training)
+
+
+def _map_channels(body: nn.Module) -> int:
+    """Channels of ``body``'s map, from one small forward pass."""
+    with evaluating(body), torch.no_grad():
+        return int(body(torch.zeros(1, 3, 64, 64, device=next(body.parameters()).device)).shape[1])
 
 
 class _TimmFeatures(nn.Module):
@@ -266,14 +274,9 @@ def _freeze_unused(body: nn.Module) -> None:
     """Stop training the parameters ``body``'s forward never uses (timm keeps pre-logits layers such as
     ConvNeXt's ``head.norm`` and MobileNetV3's ``conv_head`` outside ``forward_features``): they would get
     no gradient, which DistributedDataParallel refuses. They stay in the export, untrained."""
-    was_training = body.training
-    body.eval()
-    try:
-        params = [p for p in body.parameters() if p.requires_grad]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(body(torch.zeros(1, 3, 128, 128)).sum(), params, allow_unused=True)
-    finally:
-        body.train(was_training)
+    params = [p for p in body.parameters() if p.requires_grad]
+    with evaluating(body), torch.enable_grad():
+        grads = torch.autograd.grad(body(torch.zeros(1, 3, 128, 128)).sum(), params, allow_unused=True)
     for param, grad in zip(params, grads):
         if grad is None:
             param.requires_grad_(False)

@@ -19,6 +19,7 @@ from ..cell_centre import map_cell_geometry
 from ..data.two_view import TwoViewDataset, collate_two_views
 from ..roi_pool import roi_pair_pool
 from ..transforms import TwoViewTransform
+from ..trunk import evaluating
 from .trunk_forward import forward_images, module_device
 
 __all__ = ["RetrievalResult", "cross_view_retrieval"]
@@ -98,31 +99,26 @@ def cross_view_retrieval(
     cells: tuple[int, float] | None = None
     generator = torch.Generator().manual_seed(seed)
     correct, chance, queries = 0, 0.0, 0
-    was_training = trunk.training
-    trunk.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(indices), batch_size):
-                batch = collate_two_views([views[index] for index in indices[start : start + batch_size]])
-                pairs = sampler(batch.geom1, batch.geom2, generator=generator).to(device)
-                map1 = forward_images(trunk, batch.view1, device, autocast_dtype, channels_last)
-                map2 = forward_images(trunk, batch.view2, device, autocast_dtype, channels_last)
-                if cells is None:  # where the map's cells sit, found once
-                    cells = map_cell_geometry(trunk, view_size, map1.shape[-1])
-                p1, p2, valid = roi_pair_pool(
-                    map1.float(), map2.float(), pairs, spatial_scale=1.0 / cells[0], cell_offset=cells[1]
-                )
-                q = F.normalize(p1[valid], dim=1)
-                z = F.normalize(p2[valid], dim=1)
-                n = q.shape[0]
-                if n == 0:
-                    continue
-                nearest = (q @ z.T).argmax(dim=1)
-                correct += int((nearest == torch.arange(n, device=nearest.device)).sum())
-                chance += 1.0  # n queries with chance 1/n each
-                queries += n
-    finally:
-        trunk.train(was_training)
+    with evaluating(trunk), torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            batch = collate_two_views([views[index] for index in indices[start : start + batch_size]])
+            pairs = sampler(batch.geom1, batch.geom2, generator=generator).to(device)
+            map1 = forward_images(trunk, batch.view1, device, autocast_dtype, channels_last)
+            map2 = forward_images(trunk, batch.view2, device, autocast_dtype, channels_last)
+            if cells is None:  # where the map's cells sit, found once
+                cells = map_cell_geometry(trunk, view_size, map1.shape[-1])
+            p1, p2, valid = roi_pair_pool(
+                map1.float(), map2.float(), pairs, spatial_scale=1.0 / cells[0], cell_offset=cells[1]
+            )
+            q = F.normalize(p1[valid], dim=1)
+            z = F.normalize(p2[valid], dim=1)
+            n = q.shape[0]
+            if n == 0:
+                continue
+            nearest = (q @ z.T).argmax(dim=1)
+            correct += int((nearest == torch.arange(n, device=nearest.device)).sum())
+            chance += 1.0  # n queries with chance 1/n each
+            queries += n
     if queries == 0:
         raise ValueError("no valid box pairs: views too small for min_size, or no images")
     return RetrievalResult(100.0 * correct / queries, 100.0 * chance / queries, queries)

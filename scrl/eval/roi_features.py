@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from ..cell_centre import map_cell_geometry
 from ..data.square_boxes import square_box_loader
 from ..roi_pool import pool_boxes
+from ..trunk import evaluating
 from .trunk_forward import forward_images, module_device
 
 __all__ = ["RoIFeatures", "extract_roi_features"]
@@ -110,12 +111,10 @@ def extract_roi_features(
     if stages is not None:
         for module in _stage_modules(trunk, stages):
             hooks.append(module.register_forward_hook(lambda _m, _i, out: captured.append(out)))
-    was_training = trunk.training
-    trunk.eval()
     features, labels, image_index = [], [], []
     cells: list[tuple[int, float]] = []
     try:
-        with torch.no_grad():
+        with evaluating(trunk), torch.no_grad():
             for pixels, boxes, batch_labels, batch_index in square_box_loader(
                 dataset, indices, image_size, batch_size=batch_size, num_workers=num_workers, hflip=hflip
             ):
@@ -135,7 +134,6 @@ def extract_roi_features(
     finally:
         for hook in hooks:
             hook.remove()
-        trunk.train(was_training)
     if not features:
         raise ValueError("indices selects no images")
     return RoIFeatures(torch.cat(features), torch.cat(labels), torch.cat(image_index))

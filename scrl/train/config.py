@@ -193,7 +193,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
-            if value is not None and value not in allowed:
+            if (value is not None or name in _NOT_NONE) and value not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
         for name, types in _TYPES.items():
             value = getattr(self, name)
@@ -202,8 +202,6 @@ class PretrainConfig:
             if (value is not None or name in _NOT_NONE) and wrong:
                 kind = " or ".join(t.__name__ for t in types if t is not os.PathLike)
                 raise ConfigError(f"{name} must be {'a' if kind[0] not in 'aeiou' else 'an'} {kind}, got {value!r}")
-        if self.device is None:
-            raise ConfigError("device must be one of ['auto', 'cuda', 'cpu'], got None")
         for name, ok, allowed in _RANGES:
             value = getattr(self, name)
             if value is not None and not ok(value):  # "not ok" also rejects nan
