@@ -11,14 +11,20 @@ and the worker side of on-device augmentation.
    (``TwoViewTransform.byol(output="uint8")``) against the worker side of ``--augment-on-device``
    (``photometric="device"``: crop, resize, flip, uint8), CPU ms per image for both views on one
    thread (decoding, the same for both, is timed separately).
+   The worker side of ``--decode-on-device`` (``TwoViewCrops``: read the file, parse its JPEG
+   header, draw both geometries) is timed beside them: ``worker_ms_bytes``, and
+   ``worker_speedup_bytes`` = full per-image pipeline with its decoding / that.
 3. The device side: ``BatchPhotometric`` on a uint8 batch (default 256 x 3 x 224 x 224, both
    views' settings alternately), images per second, on the CPU with all its threads or with
    ``--device cuda``; with ``--compile`` also under ``torch.compile`` (inductor), as
-   ``pretrain_imagenet.py --augment-on-device --compile`` runs it.
+   ``pretrain_imagenet.py --augment-on-device --compile`` runs it. With ``--decode-images DIR``
+   also the whole device side of ``--decode-on-device`` on ``--batch`` JPEGs of DIR:
+   ``ViewDecoder`` (batched decode, crop, resize, flip of both views) then ``BatchPhotometric``.
 
 Repeats of 1 and 2 are interleaved (the order rotates) and the median is reported.
 
-    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--compile] [--batch-only] [--json]
+    python benchmarks/augment.py [--size 224] [--repeats 5] [--images DIR] [--device cuda] [--compile] [--batch-only]
+                                 [--decode-images DIR] [--json]
 """
 
 from __future__ import annotations
@@ -29,14 +35,16 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torchvision.transforms as T
 from PIL import Image
 
 from scrl import TwoViewTransform
-from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPhotometric, byol_photometric, byol_view
+from scrl.data import EncodedTwoViewItem, collate_two_views, read_encoded
+from scrl.data.image_file import open_rgb
+from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPhotometric, TwoViewCrops, ViewDecoder, byol_photometric, byol_view
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared/data/coco128-train" / "images"
 
@@ -99,7 +107,41 @@ def batch_photometric_images_per_s(batch: int, size: int, device: torch.device, 
     return repeats * batch / (time.perf_counter() - start)
 
 
-def ms_per_image(fn: Callable[[Image.Image], tuple], images: list[Image.Image], seed: int) -> float:
+def decode_on_device_images_per_s(
+    paths: list[Path], batch: int, size: int, device: torch.device, repeats: int, compile: bool = False
+) -> float:
+    """Images per second of the device side of ``--decode-on-device``: ViewDecoder then BatchPhotometric, both views."""
+    crops = TwoViewCrops.byol(size)
+    torch.manual_seed(0)
+    items = [EncodedTwoViewItem(*crops(read_encoded(paths[i % len(paths)])), {}) for i in range(batch)]
+    encoded = collate_two_views(items).to(device)
+    decoder = ViewDecoder(size)
+    ops = [BatchPhotometric(view=1).to(device), BatchPhotometric(view=2).to(device)]
+    generator = None if compile else torch.Generator(device).manual_seed(0)
+    if compile:
+        ops = [torch.compile(op) for op in ops]
+
+    def run() -> None:
+        views = decoder(encoded.images, encoded.geom1, encoded.geom2, encoded.paths)
+        ops[0](views.view1, generator=generator)
+        ops[1](views.view2, generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    run()  # warm-up: the decoder's handles, allocations, kernel selection, compilation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return repeats * batch / (time.perf_counter() - start)
+
+
+def worker_bytes(size: int) -> Callable[[Path], tuple]:
+    """The data worker of ``--decode-on-device``: read the file and its header, draw both geometries."""
+    crops = TwoViewCrops.byol(size)
+    return lambda path: crops(read_encoded(path) or open_rgb(path))
+
+
+def ms_per_image(fn: Callable[[Any], tuple], images: list[Any], seed: int) -> float:
     torch.manual_seed(seed)  # same draws for every pipeline in this repeat
     start = time.perf_counter()
     for img in images:
@@ -116,7 +158,9 @@ def main() -> None:
     parser.add_argument("--batch-repeats", type=int, default=4, help="timed BatchPhotometric calls")
     parser.add_argument("--device", default="cpu", help="device of the BatchPhotometric timing (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--compile", action="store_true", help="also time BatchPhotometric under torch.compile")
-    parser.add_argument("--batch-only", action="store_true", help="time BatchPhotometric only (no COCO128 needed)")
+    parser.add_argument("--batch-only", action="store_true", help="time the device side only (no COCO128 needed)")
+    parser.add_argument("--decode-images", type=Path, default=None,
+                        help="folder of JPEGs: also time the device side of --decode-on-device on --batch of them")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
     paths = [] if args.batch_only else sorted(args.images.glob("*.jpg"))
@@ -141,6 +185,17 @@ def main() -> None:
     batch_lines = [f"BatchPhotometric on {args.batch} x 3 x {args.size} x {args.size} uint8: {batch_ips:,.0f} images/s ({batch_device})"]
     if compiled_ips is not None:
         batch_lines.append(f"the same under torch.compile: {compiled_ips:,.0f} images/s")
+    if args.decode_images is not None:
+        jpegs = sorted(p for p in args.decode_images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+        if not jpegs:
+            sys.exit(f"no JPEG files found in {args.decode_images}; nothing to decode")
+        decode_ips = decode_on_device_images_per_s(jpegs, args.batch, args.size, device, args.batch_repeats, args.compile)
+        batch_results["decode_on_device_images_per_s"] = round(decode_ips, 1)
+        batch_results["decode_on_device_compiled"] = args.compile
+        batch_lines.append(
+            f"ViewDecoder + BatchPhotometric{' (compiled)' if args.compile else ''} on {args.batch} JPEGs of "
+            f"{args.decode_images.name}, both {args.size}-px views: {decode_ips:,.0f} images/s"
+        )
     if args.batch_only:
         print("\n".join(batch_lines))
         if args.json:
@@ -163,6 +218,9 @@ def main() -> None:
     for r in range(args.repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(ms_per_image(pipelines[name], images, seed=r))
+    bytes_worker = worker_bytes(args.size)
+    ms_per_image(bytes_worker, paths[:8], seed=0)
+    times["worker_bytes"] = [ms_per_image(bytes_worker, paths, seed=r) for r in range(args.repeats)]
     median = {name: statistics.median(t) for name, t in times.items()}
     decode = decode_ms(paths)
 
@@ -178,8 +236,9 @@ def main() -> None:
         "plain_geometric": "torchvision crop+flip only",
         "worker_full": "worker, full per-image (uint8)",
         "worker_device_aug": "worker, --augment-on-device",
+        "worker_bytes": "worker, --decode-on-device",
     }
-    for name in names:
+    for name in [*names, "worker_bytes"]:
         print(f"{labels[name]:<34}{median[name]:>14.3f}{min(times[name]):>12.3f}")
     ratio = median["tracked"] / median["plain"]
     geometric_ratio = median["tracked_geometric"] / median["plain_geometric"]
@@ -188,6 +247,8 @@ def main() -> None:
     with_decode = (median["worker_full"] + decode) / (median["worker_device_aug"] + decode)
     print(f"worker speedup with on-device augmentation: {worker_speedup:.2f}x (target >= 3); "
           f"{with_decode:.2f}x counting the decoding ({decode:.3f} ms/img, median)")
+    bytes_speedup = (median["worker_full"] + decode) / median["worker_bytes"]
+    print(f"worker speedup with on-device decoding: {bytes_speedup:.1f}x over the full pipeline with its decoding (target >= 20)")
     print("\n".join(batch_lines))
     if args.json:
         print(
@@ -204,6 +265,8 @@ def main() -> None:
                     "worker_speedup": round(worker_speedup, 4),
                     "decode_ms": round(decode, 4),
                     "worker_speedup_with_decode": round(with_decode, 4),
+                    "worker_ms_bytes": round(median["worker_bytes"], 4),
+                    "worker_speedup_bytes": round(bytes_speedup, 4),
                     **batch_results,
                     "images": len(images),
                     "repeats": args.repeats,

@@ -33,9 +33,14 @@ python -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; pri
 # Host-device syncs under torch.cuda.set_sync_debug_mode("error"); CUDA results against CPU ones.
 check cuda_tests 180 python -m pytest -q -p no:cacheprovider -k "cuda or never_syncs" \
     tests/test_batch_photometric.py tests/test_box_sampler.py tests/test_lars.py tests/test_momentum.py tests/test_no_host_sync.py \
-    tests/test_transforms.py
+    tests/test_transforms.py tests/test_view_decoder.py
 # BatchPhotometric on a 256 x 224² batch, eager and compiled (target >= 20,000 images/s).
 check augment 180 python benchmarks/augment.py --device cuda --compile --batch-only --json
+# Decoding on the device: nvJPEG + exact crop/resize/flip + BatchPhotometric on 256 ImageNet JPEGs
+# (target >= 5,000 images/s), eager and compiled photometric steps.
+imagenet=../shared/data/imagenet-sample
+check decode 180 python benchmarks/augment.py --device cuda --batch-only --decode-images "$imagenet" --json
+check decode_compiled 240 python benchmarks/augment.py --device cuda --compile --batch-only --decode-images "$imagenet" --json
 # SCRL vs BYOL step; foreach LARS / EMA against per-tensor loops.
 check step 180 python benchmarks/step.py --device cuda --size 224 --batch 64 --channels-last --amp --json
 # Data throughput vs training throughput at the paper's per-GPU setting.
@@ -44,6 +49,12 @@ pipeline=(python benchmarks/pipeline.py --workers 15 --arch resnet50 --image-siz
 check pipeline 180 "${pipeline[@]}"
 check pipeline_device_augment 180 "${pipeline[@]}" --augment-on-device
 check pipeline_device_augment_compiled 300 "${pipeline[@]}" --augment-on-device --compile
+# End to end on real JPEGs, decoded on the device, with 4 vs 16 workers (target: with 4, data
+# wait < 2 % and images/s within 5 % of 16).
+decode_run=(python benchmarks/pipeline.py --arch resnet50 --image-size 224 --batch-size 256 --amp bf16 --channels-last
+            --data "$imagenet" --decode-on-device --warmup-batches 1 --batches 2 --steps 3 --json)
+check pipeline_decode_4_workers 240 "${decode_run[@]}" --workers 4
+check pipeline_decode_16_workers 240 "${decode_run[@]}" --workers 16
 # Quality at small scale with exact pooling, and an SCRL row pooled with aligned=True beside it
 # (three pretraining runs of ~215 s on an H100: run it when the lease has ~12 minutes left).
 check quality 720 python benchmarks/quality.py --budget gpu --also-aligned --json

@@ -3,17 +3,21 @@
 
 1. Data: worker processes decode, augment and collate uint8 two-view batches on the host
    (exactly the loader of scrl.train.Pretrainer); images per second after a warm-up.
-   With --augment-on-device the workers only decode, crop, resize and flip.
+   With --augment-on-device the workers only decode, crop, resize and flip; with
+   --decode-on-device they only read the files and draw the views' geometry.
 2. Training: scrl.train.Pretrainer itself, run in this process for 2 x --steps steps;
    the first --steps are warm-up (worker start, cuDNN autotuning, compilation), the second
    interval is measured: images per second and the share of wall time spent waiting for data.
-   With --augment-on-device the photometric steps run batched on the training device.
+   With --augment-on-device the photometric steps run batched on the training device; with
+   --decode-on-device the JPEG decoding, crop, resize and flip too (use it with --data: a
+   synthetic scene is an image already, which the workers pass on decoded).
 
 Examples:
     python benchmarks/pipeline.py --workers 2                      # CPU, small defaults
     python benchmarks/pipeline.py --workers 8 --arch resnet50 --image-size 224 --batch-size 256 \\
         --amp bf16 --channels-last --data /data/imagenet/train --json
     python benchmarks/pipeline.py --workers 8 ... --augment-on-device   # photometric steps on the GPU
+    python benchmarks/pipeline.py --workers 4 ... --decode-on-device    # decoding too
 
 Prints a table, and with --json one JSON object on the last line with the keys
 data_images_per_s, train_images_per_s, data_wait_share (and the settings).
@@ -32,12 +36,17 @@ import torch
 import scrl
 from scrl.data import ResumableSampler, TwoViewDataset, two_view_loader
 from scrl.train import PretrainConfig, Pretrainer, build_dataset
+from scrl.transforms import TwoViewCrops
 
 def data_throughput(args: argparse.Namespace) -> float:
     """Images per second from the loader alone (uint8 views + geometries on the host)."""
     images = build_dataset(PretrainConfig(data=args.data, synthetic_images=args.synthetic_images, image_size=args.image_size))
-    photometric = "device" if args.augment_on_device else True
-    dataset = TwoViewDataset(images, scrl.TwoViewTransform.byol(size=args.image_size, photometric=photometric, output="uint8"))
+    if args.decode_on_device:
+        transform = TwoViewCrops.byol(size=args.image_size)
+    else:
+        photometric = "device" if args.augment_on_device else True
+        transform = scrl.TwoViewTransform.byol(size=args.image_size, photometric=photometric, output="uint8")
+    dataset = TwoViewDataset(images, transform)
     sampler = ResumableSampler(dataset, num_replicas=1, rank=0)
     loader = two_view_loader(dataset, sampler, args.batch_size, args.workers, pin_memory=torch.cuda.is_available())
     needed = args.warmup_batches + args.batches
@@ -60,6 +69,7 @@ def train_throughput(args: argparse.Namespace) -> dict:
             image_size=args.image_size, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
             max_steps=2 * args.steps, log_every=args.steps, epochs=1000, output_dir=out, resume="none",
             channels_last=args.channels_last, compile=args.compile, augment_on_device=args.augment_on_device,
+            decode_on_device=args.decode_on_device,
         )
         Pretrainer(config).run()
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -80,6 +90,7 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--augment-on-device", action="store_true", help="workers crop, resize, flip; photometric steps on the device")
+    p.add_argument("--decode-on-device", action="store_true", help="workers read files; decoding and all augmentation on the device")
     p.add_argument("--warmup-batches", type=int, default=2, help="data batches not timed (worker start)")
     p.add_argument("--batches", type=int, default=8, help="data batches timed")
     p.add_argument("--steps", type=int, default=4, help="training steps timed (after as many warm-up steps)")
@@ -106,6 +117,7 @@ def main() -> None:
         "channels_last": args.channels_last,
         "compile": args.compile,
         "augment_on_device": args.augment_on_device,
+        "decode_on_device": args.decode_on_device,
         "data": args.data or f"synthetic ({args.synthetic_images} images)",
     }
     if "max_memory_gib" in train:
@@ -116,7 +128,10 @@ def main() -> None:
     print(f"{'data-wait share':<28}{wait:>12.1%}")
     if "max_memory_gib" in train:
         print(f"{'peak GPU memory (GiB)':<28}{train['max_memory_gib']:>12.2f}")
-    augment = "photometric steps on the device" if args.augment_on_device else "augmented in the workers"
+    if args.decode_on_device:
+        augment = "decoded and augmented on the device"
+    else:
+        augment = "photometric steps on the device" if args.augment_on_device else "augmented in the workers"
     print(f"({device}; {args.method} {args.arch} {args.image_size}px, batch {args.batch_size}, {args.workers} workers, "
           f"amp {args.amp}, {augment})")
     if args.json:

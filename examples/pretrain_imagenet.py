@@ -82,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     add("--compile", action="store_true", help="torch.compile the model")
     add("--augment-on-device", action="store_true",
         help="workers only decode, crop, resize and flip; colour jitter, grayscale, blur, solarize run batched on the device")
+    add("--decode-on-device", action="store_true",
+        help="workers only read the files; JPEG decoding, crop, resize, flip and the photometric steps run batched on the device")
     add("--save-every", type=int, help=f"also save every N optimiser steps (0: only at epoch ends, on signals, at the end; {default('save_every')})")
     add("--log-every", type=int, help=f"log at step 1 and every N optimiser steps ({default('log_every')})")
     add("--roi-probe", metavar="DATA",

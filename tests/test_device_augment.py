@@ -1,12 +1,13 @@
-"""Views for on-device augmentation: geometry-only uint8 views from the workers, finished by BatchPhotometric."""
+"""Views for on-device augmentation: geometry-only uint8 views (from the workers, or decoded on the device), finished by BatchPhotometric."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from scrl import TwoViewTransform
-from scrl.transforms import BatchPhotometric, byol_view
+from scrl.transforms import BatchPhotometric, TwoViewCrops, ViewDecoder, byol_view
 
 
 def noise_image(width: int = 120, height: int = 90, seed: int = 0) -> Image.Image:
@@ -82,13 +83,23 @@ PROBES = {
 }
 
 
+def _geometry_only_views(view: int, img: Image.Image, n: int, decode_on_device: bool) -> torch.Tensor:
+    """``n`` uint8 views of ``img``: cropped in the worker, or drawn there and resampled by ViewDecoder."""
+    if not decode_on_device:
+        return torch.stack([byol_view(view, size=16, photometric="device")(img)[0] for _ in range(n)])
+    items = [TwoViewCrops.byol(16)(img) for _ in range(n)]
+    geoms = [default_collate([item[view] for item in items]) for view in (1, 2)]
+    return ViewDecoder(16)([item[0] for item in items], *geoms)[view - 1]
+
+
+@pytest.mark.parametrize("decode_on_device", [False, True], ids=["crop-in-workers", "decode-on-device"])
 @pytest.mark.parametrize("name", PROBES)
-def test_workers_plus_device_match_the_per_image_pipeline_in_distribution(name):
+def test_workers_plus_device_match_the_per_image_pipeline_in_distribution(name, decode_on_device):
     """Geometry-only uint8 views + BatchPhotometric against the full per-image pipeline, many draws of one image."""
     view, img, statistic = PROBES[name]
     n = 1000
     torch.manual_seed(0)
-    raw = torch.stack([byol_view(view, size=16, photometric="device")(img)[0] for _ in range(n)])
+    raw = _geometry_only_views(view, img, n, decode_on_device)
     batched = statistic(BatchPhotometric(view=view, normalize=False)(raw, generator=torch.Generator().manual_seed(1)))
     per_image = statistic(torch.stack([byol_view(view, size=16, output="float")(img)[0] for _ in range(n)]))
     standard_error = ((batched.var() + per_image.var()) / n).sqrt().item()

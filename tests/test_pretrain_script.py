@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scrl.data import SyntheticScenes
 from scrl.train import PretrainConfig, Pretrainer
 from scrl.train.checkpoint import load_checkpoint
 
@@ -193,3 +194,26 @@ def test_two_processes_with_gloo_keep_identical_weights_and_resume(tmp_path):
     fourth = _run([sys.executable, str(SCRIPT), *TINY, "--batch-size", "2", "--output-dir", str(tmp_path), "--epochs", "3"])
     assert fourth.returncode == 2 and "--epochs: 2 in the checkpoint, 3 now" in fourth.stderr
     assert "images per step (batch_size x processes): 4 in the checkpoint, 2 now" in fourth.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_decode_on_the_device_with_identical_weights_and_resume(tmp_path):
+    data = tmp_path / "jpegs"
+    data.mkdir()
+    scenes = SyntheticScenes(8, image_size=96, seed=3)
+    for i in range(len(scenes)):
+        scenes[i][0].save(data / f"img{i}.jpg", quality=90)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(SCRIPT)]
+    tiny = TINY[: TINY.index("--synthetic-images")] + TINY[TINY.index("--synthetic-images") + 2 :]
+    args = [*tiny, "--data", str(data), "--batch-size", "2", "--decode-on-device", "--output-dir", str(tmp_path / "run")]
+    first = _run(torchrun + args + ["--max-steps", "1"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "(decoded, cropped and augmented on the device)" in first.stdout
+    second = _run(torchrun + args + ["--max-steps", "3"])
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from" in second.stdout and "step 1, epoch 0, batch 1" in second.stdout
+    digests = {line.split()[1].rstrip(":"): line.split()[-1] for line in second.stdout.splitlines() if "weights sha256" in line}
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], second.stdout
+    ckpt = _checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 3 and ckpt["args"]["decode_on_device"] is True
+    assert all(set(state["generators"]) == {"boxes", "augment"} for state in ckpt["rng"])  # one device stream per rank

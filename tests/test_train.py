@@ -1,8 +1,10 @@
 """The pretraining engine, scrl.train: config, presets, and tiny CPU runs that log, checkpoint, resume, stop and export."""
 
 import dataclasses
+import functools
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -321,6 +323,39 @@ def test_augment_on_device_finishes_geometry_only_views_and_resumes_exactly(tmp_
     assert_same_weights(checkpoint(tmp_path / "resumed"), ckpt)
 
 
+def test_decode_on_device_trains_on_the_same_geometry_and_resumes_exactly(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    scenes = SyntheticScenes(8, image_size=96, seed=2)
+    for i in range(len(scenes)):
+        scenes[i][0].save(data / f"img{i}.jpg", quality=90)
+    decoded = []
+
+    class Recording(pretrainer.ViewDecoder):
+        def forward(self, images, geom1, geom2, paths=None):
+            decoded.append((sorted({image.dim() for image in images}), geom1.crop.clone()))
+            return super().forward(images, geom1, geom2, paths)
+
+    monkeypatch.setattr(pretrainer, "ViewDecoder", Recording)
+    settings = dict(data=str(data), synthetic_images=None, decode_on_device=True)
+    reference = run(tmp_path / "reference", **settings)
+    assert reference["step"] == 4 and len(decoded) == 4
+    assert all(dims == [1] for dims, _ in decoded)  # every JPEG reached the decoder undecoded
+    ckpt = checkpoint(tmp_path / "reference")
+    assert ckpt["args"]["decode_on_device"] is True and set(ckpt["rng"][0]["generators"]) == {"boxes", "augment"}
+    # The workers drew the crops the worker-decoding path draws (TwoViewTransform with photometric="device").
+    geometry_only = Pretrainer(PretrainConfig(**{**TINY, **settings, "augment_on_device": True, "decode_on_device": False,
+                                                 "output_dir": str(tmp_path / "other")}))
+    geometry_only.sampler.set_epoch(0)
+    first = next(iter(geometry_only.loader))
+    torch.testing.assert_close(first.geom1.crop, decoded[0][1], rtol=0, atol=0)
+
+    assert run(tmp_path / "resumed", **settings, max_steps=3)["step"] == 3
+    resumed = run(tmp_path / "resumed", **settings)
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert_same_weights(checkpoint(tmp_path / "resumed"), ckpt)
+
+
 def test_resume_may_switch_to_fp16_loss_scaling_and_back(tmp_path):
     run(tmp_path, max_steps=1)
     assert checkpoint(tmp_path)["scaler"] == {}  # no loss scaling without fp16
@@ -332,8 +367,8 @@ def test_resume_may_switch_to_fp16_loss_scaling_and_back(tmp_path):
 
 def _write_folder(root: Path) -> tuple[Path, Path]:
     scenes = SyntheticScenes(14, image_size=80, seed=1)
-    for i in range(len(scenes)):
-        scenes[i][0].save(root / ("class_a" if i % 2 else "class_b") / f"img{i}.png")
+    for i in range(len(scenes)):  # PNGs and JPEGs: with decode_on_device the first are decoded in the workers
+        scenes[i][0].save(root / ("class_a" if i % 2 else "class_b") / f"img{i}.{'png' if i % 3 else 'jpg'}")
     truncated, text = root / "class_a" / "broken.JPG", root / "class_b" / "notes.jpg"
     buf = io.BytesIO()
     Image.effect_noise((80, 80), 40).convert("RGB").save(buf, format="JPEG")
@@ -342,13 +377,14 @@ def _write_folder(root: Path) -> tuple[Path, Path]:
     return truncated, text
 
 
-def test_folder_with_corrupt_files_trains_and_reports_them(tmp_path, capsys):
+@pytest.mark.parametrize("decode_on_device", [False, True], ids=["decode-in-workers", "decode-on-device"])
+def test_folder_with_corrupt_files_trains_and_reports_them(tmp_path, capsys, decode_on_device):
     data = tmp_path / "data"
     (data / "class_a").mkdir(parents=True)
     (data / "class_b").mkdir()
     truncated, text = _write_folder(data)
     out = tmp_path / "run"
-    summary = run(out, data=str(data), synthetic_images=None, epochs=1, workers=2)
+    summary = run(out, data=str(data), synthetic_images=None, epochs=1, workers=2, decode_on_device=decode_on_device)
     assert summary["step"] == 4 and summary["skipped_files"] == sorted([str(truncated), str(text)])
     printed = capsys.readouterr()
     assert str(truncated) in printed.out and str(text) in printed.out
@@ -593,3 +629,25 @@ def test_a_given_models_box_settings_belong_to_the_run(tmp_path):
     Pretrainer(PretrainConfig(**settings, output_dir=str(tmp_path), max_steps=1), model=given(10)).run()
     with pytest.raises(ValueError, match=r'sampler: "BoxPairSampler\(num_boxes=10.* in the checkpoint, "BoxPairSampler\(num_boxes=3'):
         Pretrainer(PretrainConfig(**settings, output_dir=str(tmp_path)), model=given(3)).run()
+
+
+@pytest.mark.slow
+def test_decode_on_device_runs_compiled_and_resumes_exactly(tmp_path, monkeypatch):
+    # aot_eager traces as inductor does (the same graphs and graph breaks) without needing a C++ compiler.
+    compile_for_test = functools.partial(torch.compile, backend="aot_eager")
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    torch._dynamo.reset()
+    data = tmp_path / "data"
+    data.mkdir()
+    scenes = SyntheticScenes(8, image_size=96, seed=4)
+    for i in range(len(scenes)):
+        scenes[i][0].save(data / f"img{i}.jpg", quality=90)
+    settings = dict(data=str(data), synthetic_images=None, decode_on_device=True, compile=True, epochs=1)
+    try:
+        reference = run(tmp_path / "reference", **settings)
+        assert run(tmp_path / "resumed", **settings, max_steps=1)["step"] == 1
+        resumed = run(tmp_path / "resumed", **settings)
+    finally:
+        torch._dynamo.reset()
+    assert reference["step"] == 2 and resumed["weights_sha256"] == reference["weights_sha256"]
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "reference") if "loss" in r)

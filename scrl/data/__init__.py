@@ -3,6 +3,7 @@
 
 from .box_warp import hflip_with_boxes, resize_with_boxes
 from .coco import CocoBoxes
+from .encoded_image import EncodedImage, read_encoded
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from .label_problems import LabelProblem, LabelWarning
 from .loader import two_view_loader
@@ -10,13 +11,24 @@ from .open_boxes import HELD_OUT_SEED, open_box_dataset
 from .sampler import ResumableSampler
 from .square_boxes import SquareBoxes, collate_square_boxes, square_box_loader
 from .synthetic import SyntheticScenes
-from .two_view import TwoViewBatch, TwoViewDataset, collate_two_views, mix_seed
+from .two_view import (
+    EncodedTwoViewBatch,
+    EncodedTwoViewItem,
+    TwoViewBatch,
+    TwoViewDataset,
+    TwoViewItem,
+    collate_two_views,
+    mix_seed,
+)
 from .yolo import YoloBoxes
 
 __all__ = [
     "CocoBoxes",
     "collate_square_boxes",
     "collate_two_views",
+    "EncodedImage",
+    "EncodedTwoViewBatch",
+    "EncodedTwoViewItem",
     "HELD_OUT_SEED",
     "hflip_with_boxes",
     "IMAGE_EXTENSIONS",
@@ -25,6 +37,7 @@ __all__ = [
     "LabelWarning",
     "mix_seed",
     "open_box_dataset",
+    "read_encoded",
     "resize_with_boxes",
     "ResumableSampler",
     "square_box_loader",
@@ -33,5 +46,6 @@ __all__ = [
     "two_view_loader",
     "TwoViewBatch",
     "TwoViewDataset",
+    "TwoViewItem",
     "YoloBoxes",
 ]

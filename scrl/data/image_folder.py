@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 import torch
 from PIL import Image
 
+from .encoded_image import EncodedImage, read_encoded
 from .image_file import open_rgb
 
 __all__ = ["ImageFolderDataset", "IMAGE_EXTENSIONS"]
@@ -117,13 +118,33 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         Raises:
             RuntimeError: ``max_consecutive_unreadable`` files in a row are unreadable.
         """
+        return self._first_readable(index, open_rgb)
+
+    def load_encoded(self, index: int) -> tuple[EncodedImage | Image.Image, dict[str, str]]:
+        """Image ``index`` undecoded when it is a JPEG the device decodes, else decoded as :meth:`load` does.
+
+        The reading side of decoding on the device (:class:`~scrl.transforms.TwoViewCrops`):
+        a JPEG comes back as its bytes and header size (:func:`~scrl.data.read_encoded`); any
+        other file, or a JPEG the device cannot decode, is decoded here, and an unreadable file
+        is replaced and reported exactly as by :meth:`load`.
+
+        Returns:
+            ``(image, skipped)``: an :class:`~scrl.data.EncodedImage` or a PIL RGB image, and the
+            files that were unreadable on the way.
+
+        Raises:
+            RuntimeError: ``max_consecutive_unreadable`` files in a row are unreadable.
+        """
+        return self._first_readable(index, lambda path: read_encoded(path) or open_rgb(path))
+
+    def _first_readable(self, index: int, read: Callable[[str], Any]) -> tuple[Any, dict[str, str]]:
         n = len(self.samples)
         skipped: dict[str, str] = {}
         for k in range(min(n, self.max_consecutive_unreadable)):
             path = self.samples[(index + k) % n]
             if path not in self.skipped:
                 try:
-                    return open_rgb(path), skipped
+                    return read(path), skipped
                 except OSError as exc:
                     cause = exc.__cause__ or exc
                     self.skipped[path] = f"{type(cause).__name__}: {cause}"

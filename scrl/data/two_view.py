@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..geometry import ViewGeometry, check_view_size
 
-__all__ = ["TwoViewDataset", "TwoViewBatch", "collate_two_views", "mix_seed"]
+__all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views", "mix_seed"]
 
 TwoViewFn = Callable[[Any], tuple[Tensor, Tensor, ViewGeometry, ViewGeometry]]
 
@@ -31,6 +31,34 @@ def mix_seed(*keys: int) -> int:
         raise ValueError(f"keys must be one or more integers >= 0, got {keys}")
     state = np.random.SeedSequence([len(keys), *keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+class TwoViewItem(NamedTuple):
+    """One sample of a :class:`TwoViewDataset` whose transform makes the views (e.g. :class:`~scrl.TwoViewTransform`)."""
+
+    view1: Tensor
+    view2: Tensor
+    geom1: ViewGeometry
+    geom2: ViewGeometry
+    skipped: dict[str, str]
+
+
+class EncodedTwoViewItem(NamedTuple):
+    """One sample of a :class:`TwoViewDataset` with :class:`~scrl.transforms.TwoViewCrops`: the image and its views' geometry.
+
+    Attributes:
+        image: uint8 ``[L]`` JPEG bytes, or uint8 ``[3, H, W]`` pixels decoded in the worker.
+        geom1: view 1's geometry relative to the image.
+        geom2: view 2's.
+        path: the image's file (``""`` when the dataset names none).
+        skipped: unreadable files replaced on the way, path to reason.
+    """
+
+    image: Tensor
+    geom1: ViewGeometry
+    geom2: ViewGeometry
+    path: str
+    skipped: dict[str, str]
 
 
 class TwoViewBatch(NamedTuple):
@@ -61,15 +89,51 @@ class TwoViewBatch(NamedTuple):
         )
 
 
-def collate_two_views(items: Sequence[tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, dict[str, str]]]) -> TwoViewBatch:
-    """Stack :class:`TwoViewDataset` items into a :class:`TwoViewBatch` (views stay separate, never concatenated)."""
+class EncodedTwoViewBatch(NamedTuple):
+    """A collated batch of :class:`EncodedTwoViewItem`: images still to decode, with their views' geometries.
+
+    Make the views with :class:`~scrl.transforms.ViewDecoder` on the device.
+
+    Attributes:
+        images: ``B`` uint8 tensors, ``[L]`` JPEG bytes or ``[3, H, W]`` decoded pixels (sizes differ).
+        geom1: batched geometry of view 1.
+        geom2: batched geometry of view 2.
+        paths: each image's file.
+        skipped: unreadable files replaced while building this batch, path to reason.
+    """
+
+    images: list[Tensor]
+    geom1: ViewGeometry
+    geom2: ViewGeometry
+    paths: list[str]
+    skipped: dict[str, str]
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "EncodedTwoViewBatch":
+        """Move the geometries to ``device``; the images stay on the host, where the decoder reads them."""
+        return self._replace(
+            geom1=self.geom1.to(device, non_blocking=non_blocking), geom2=self.geom2.to(device, non_blocking=non_blocking)
+        )
+
+
+def _merged(skipped: Sequence[dict[str, str]]) -> dict[str, str]:
+    return {path: reason for paths in skipped for path, reason in paths.items()}
+
+
+def collate_two_views(items: Sequence[TwoViewItem | EncodedTwoViewItem]) -> TwoViewBatch | EncodedTwoViewBatch:
+    """Stack :class:`TwoViewDataset` items into a :class:`TwoViewBatch` (views stay separate, never concatenated),
+    or :class:`EncodedTwoViewItem` items into an :class:`EncodedTwoViewBatch` (images listed, geometries stacked)."""
+    if isinstance(items[0], EncodedTwoViewItem):
+        images, geom1, geom2, paths, skipped = zip(*items)
+        return EncodedTwoViewBatch(
+            list(images), default_collate(list(geom1)), default_collate(list(geom2)), list(paths), _merged(skipped)
+        )
     view1, view2, geom1, geom2, skipped = zip(*items)
     return TwoViewBatch(
         torch.stack(view1),
         torch.stack(view2),
         default_collate(list(geom1)),
         default_collate(list(geom2)),
-        {path: reason for paths in skipped for path, reason in paths.items()},
+        _merged(skipped),
     )
 
 
@@ -91,17 +155,21 @@ class TwoViewDataset(Dataset):
     ``load(index) -> (PIL image, {skipped path: reason})``, and the skipped files are reported
     in the item. Any other dataset is read as ``dataset[index]``: the item itself when it is an
     image, or its first element when it is a tuple (object-box datasets give
-    ``(image, boxes, labels)``).
+    ``(image, boxes, labels)``). A transform that decodes nothing (``reads_encoded = True``, as
+    :class:`~scrl.transforms.TwoViewCrops`) reads through ``load_encoded(index)`` where the
+    dataset has it, which returns JPEG files undecoded (:class:`~scrl.data.EncodedImage`).
 
     Args:
         dataset: an image dataset (see above).
         transform: ``image -> (view1, view2, geom1, geom2)``, e.g.
-            ``scrl.TwoViewTransform.byol(size=224, photometric="device")``.
+            ``scrl.TwoViewTransform.byol(size=224, photometric="device")``; or
+            ``image -> (image tensor, geom1, geom2, path)``, :class:`~scrl.transforms.TwoViewCrops`.
         seed: base seed of the augmentations, >= 0.
 
-    Each item is ``(view1, view2, geom1, geom2, skipped)`` with ``skipped`` a dict of unreadable
-    paths to reasons; batch them with :func:`collate_two_views`. A view whose size differs from
-    the size its geometry records is a ``ValueError`` here, in the worker, before any training.
+    Each item is a :class:`TwoViewItem` ``(view1, view2, geom1, geom2, skipped)`` with ``skipped``
+    a dict of unreadable paths to reasons, or with ``TwoViewCrops`` an :class:`EncodedTwoViewItem`;
+    batch either with :func:`collate_two_views`. A view whose size differs from the size its
+    geometry records is a ``ValueError`` here, in the worker, before any training.
 
     Example:
         >>> ds = TwoViewDataset(SyntheticScenes(512), TwoViewTransform.byol(size=96, output="uint8"), seed=0)
@@ -121,14 +189,16 @@ class TwoViewDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def _image(self, index: int) -> tuple[Any, dict[str, str]]:
-        load = getattr(self.dataset, "load", None)
+        load = getattr(self.dataset, "load_encoded" if getattr(self.transform, "reads_encoded", False) else "load", None)
+        if not callable(load):
+            load = getattr(self.dataset, "load", None)
         if callable(load):
             image, skipped = load(index)
             return image, dict(skipped)
         item = self.dataset[index]
         return (item[0] if isinstance(item, tuple) else item), {}
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, ViewGeometry, ViewGeometry, dict[str, str]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> TwoViewItem | EncodedTwoViewItem:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image, skipped = self._image(index)
         seed = mix_seed(self.seed, epoch, index)
@@ -140,13 +210,16 @@ class TwoViewDataset(Dataset):
             random.seed(seed)
             np.random.seed(seed % 2**32)
             try:
-                view1, view2, geom1, geom2 = self.transform(image)
+                made = self.transform(image)
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
+        if getattr(self.transform, "reads_encoded", False):
+            return EncodedTwoViewItem(*made, skipped)
+        view1, view2, geom1, geom2 = made
         check_view_size(view1, geom1, "view1")
         check_view_size(view2, geom2, "view2")
-        return view1, view2, geom1, geom2, skipped
+        return TwoViewItem(view1, view2, geom1, geom2, skipped)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dataset={self.dataset!r}, transform={self.transform!r}, seed={self.seed})"

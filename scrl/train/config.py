@@ -90,10 +90,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
          "synthetic_images", "seed", "save_every", "log_every", "roi_probe_every", "roi_probe_size",
          "max_consecutive_unreadable"), (int,)),
     **dict.fromkeys(("min_box_size", "base_lr", "weight_decay", "tau_base", "warmup_epochs"), (int, float)),
-    **dict.fromkeys(("channels_last", "compile", "augment_on_device", "overwrite"), (bool,)),
+    **dict.fromkeys(("channels_last", "compile", "augment_on_device", "decode_on_device", "overwrite"), (bool,)),
     **dict.fromkeys(("data", "arch", "output_dir", "resume", "roi_probe"), (str, os.PathLike)),
 }
-_NOT_NONE = ("output_dir", "resume", "seed", "channels_last", "compile", "augment_on_device", "overwrite", "save_every",
+_NOT_NONE = ("output_dir", "resume", "seed", "channels_last", "compile", "augment_on_device", "decode_on_device", "overwrite", "save_every",
              "log_every", "device", "max_consecutive_unreadable")
 
 
@@ -139,6 +139,10 @@ class PretrainConfig:
         compile: ``torch.compile`` the model.
         augment_on_device: workers only decode, crop, resize and flip; the photometric steps
             run batched on the device (:class:`~scrl.transforms.BatchPhotometric`).
+        decode_on_device: workers only read the files and draw the views' geometry
+            (:class:`~scrl.transforms.TwoViewCrops`); JPEG decoding, crop, resize and flip run
+            batched on the device (:class:`~scrl.transforms.ViewDecoder`), and so do the
+            photometric steps (implies ``augment_on_device``).
         save_every: also save every N optimiser steps (0: at epoch ends, on signals and at the end).
         log_every: log every N optimiser steps.
         roi_probe: box dataset for the online RoI probe (COCO ``.json``, YOLO folder or
@@ -182,6 +186,7 @@ class PretrainConfig:
     channels_last: bool = False
     compile: bool = False
     augment_on_device: bool = False
+    decode_on_device: bool = False
     save_every: int = 0
     log_every: int = 10
     roi_probe: str | None = None

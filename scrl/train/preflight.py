@@ -33,8 +33,8 @@ def box_fill(dataset: TwoViewDataset, sampler: BoxPairSampler, pairs: int = 64, 
     """
     count = min(pairs, len(dataset))
     items = [dataset[(0, i)] for i in range(count)]
-    geom1 = default_collate([item[2] for item in items])
-    geom2 = default_collate([item[3] for item in items])
+    geom1 = default_collate([item.geom1 for item in items])
+    geom2 = default_collate([item.geom2 for item in items])
     boxes = sampler(geom1, geom2, generator=torch.Generator().manual_seed(seed))
     return float(boxes.valid.float().mean()), count
 

@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..box_sampler import BoxPairSampler
-from ..data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed
+from ..data import EncodedTwoViewBatch, ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed
 from ..data import open_box_dataset, two_view_loader
 from ..eval import roi_probe
 from ..models import BYOL, SCRL
-from ..transforms import BatchPhotometric, TwoViewTransform, normalize_images
+from ..transforms import BatchPhotometric, TwoViewCrops, TwoViewTransform, ViewDecoder, normalize_images
 from .checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import BOX_FIELDS, FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
 from .distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
@@ -168,7 +168,8 @@ class Pretrainer:
             self._warn(message)
         self._check_boxes_fit()
         self.augment = None
-        if config.augment_on_device:
+        self.decoder = ViewDecoder(config.image_size) if config.decode_on_device else None
+        if config.augment_on_device or config.decode_on_device:
             self.augment = [BatchPhotometric(view=1).to(self.device), BatchPhotometric(view=2).to(self.device)]
             if config.compile:  # dozens of elementwise passes over the batch, fused into a few kernels
                 self.augment = [torch.compile(op) for op in self.augment]
@@ -187,8 +188,11 @@ class Pretrainer:
         """Views made in the workers, sharded and resumable; the schedule's lengths follow from them."""
         config = self.config
         on_gpu = self.device.type == "cuda"
-        photometric = "device" if config.augment_on_device else True
-        transform = TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
+        if config.decode_on_device:
+            transform = TwoViewCrops.byol(size=config.image_size)
+        else:
+            photometric = "device" if config.augment_on_device else True
+            transform = TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
         self.dataset = TwoViewDataset(dataset if dataset is not None else build_dataset(config), transform, seed=config.seed)
         self.sampler = ResumableSampler(
             self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=config.seed, drop_last=True
@@ -440,16 +444,23 @@ class Pretrainer:
                   f"{metrics['roi_knn_top1']:.1f} % (chance {metrics['roi_chance']:.1f} %, majority {metrics['roi_majority']:.1f} %)")
 
     # ------------------------------------------------------------------------------ the step
-    def _device_views(self, batch: TwoViewBatch) -> tuple[Tensor, Tensor]:
-        """The batch's uint8 views as normalised float views (photometric steps too with ``augment_on_device``)."""
-        if self.augment is not None:
-            view1 = self.augment[0](batch.view1, generator=self._augment_rng)
-            view2 = self.augment[1](batch.view2, generator=self._augment_rng)
+    def _device_views(self, batch: TwoViewBatch | EncodedTwoViewBatch) -> tuple[Tensor, Tensor]:
+        """The batch's views as normalised float views: decoded first with ``decode_on_device``, the photometric
+        steps too with ``augment_on_device``."""
+        if isinstance(batch, EncodedTwoViewBatch):
+            decoded = self.decoder(batch.images, batch.geom1, batch.geom2, batch.paths)
+            self.skipped_files.update(decoded.skipped)
+            view1, view2 = decoded.view1, decoded.view2
         else:
-            view1, view2 = normalize_images(batch.view1), normalize_images(batch.view2)
+            view1, view2 = batch.view1, batch.view2
+        if self.augment is not None:
+            view1 = self.augment[0](view1, generator=self._augment_rng)
+            view2 = self.augment[1](view2, generator=self._augment_rng)
+        else:
+            view1, view2 = normalize_images(view1), normalize_images(view2)
         return view1.contiguous(memory_format=self.memory_format), view2.contiguous(memory_format=self.memory_format)
 
-    def train_step(self, batch: TwoViewBatch) -> tuple[Tensor, dict[str, Tensor]]:
+    def train_step(self, batch: TwoViewBatch | EncodedTwoViewBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimiser step on a batch already on the device, and the target update; nothing is read back to the host.
 
         Returns:
@@ -496,7 +507,10 @@ class Pretrainer:
 
     def _log_start(self) -> None:
         c = self.config
-        augmented = "photometric steps on the device" if c.augment_on_device else "augmented in the workers"
+        if c.decode_on_device:
+            augmented = "decoded, cropped and augmented on the device"
+        else:
+            augmented = "photometric steps on the device" if c.augment_on_device else "augmented in the workers"
         what = f"{c.method} {c.arch}" if self._model_from_config else f"{type(self.model).__name__} (given model)"
         self._log(
             f"{what}: {len(self.dataset)} images, {self.world_size} process(es) x {c.batch_size} = {self.global_batch} per step, "

@@ -5,6 +5,9 @@ Geometric steps (:class:`RandomResizedCrop`, :class:`RandomHorizontalFlip`) take
 and :class:`TwoViewTransform` assemble the SCRL/BYOL pipeline. :class:`BatchPhotometric`
 runs the photometric steps on a whole batch on the device instead, and
 :func:`normalize_images` is the one normalisation of every view, uint8 or float, anywhere.
+To decode on the device as well, the workers run :class:`TwoViewCrops` (geometry only, JPEG
+files left encoded) and :class:`ViewDecoder` decodes, crops, resizes and flips the batch there,
+as PIL would have (:func:`resample_crops`).
 
 Randomness follows one rule. The worker-side transforms (everything here that takes a PIL
 image) draw from torch's global RNG and take no generator, like torchvision's own, so that
@@ -18,25 +21,32 @@ and :class:`~scrl.BoxPairSampler`, take an optional ``torch.Generator`` on that 
 
 from .batch_photometric import BatchPhotometric
 from .geometric import RandomHorizontalFlip, RandomResizedCrop, random_resized_crop_params, resized_crop
+from .resample import resample_crops
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from .photometric import GaussianBlur, blur_kernel_size, byol_photometric
 from .rgb import to_rgb
+from .two_view_crops import TwoViewCrops
 from .view import TwoViewTransform, ViewTransform, byol_view
+from .view_decoder import DecodedViews, ViewDecoder
 
 __all__ = [
     "BatchPhotometric",
+    "DecodedViews",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "GaussianBlur",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
+    "TwoViewCrops",
     "TwoViewTransform",
+    "ViewDecoder",
     "ViewTransform",
     "blur_kernel_size",
     "byol_photometric",
     "byol_view",
     "normalize_images",
     "random_resized_crop_params",
+    "resample_crops",
     "resized_crop",
     "to_rgb",
 ]

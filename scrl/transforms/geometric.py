@@ -24,6 +24,7 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "check_crop_args",
+    "view_size",
     "random_resized_crop_params",
     "resized_crop",
 ]
@@ -31,7 +32,7 @@ __all__ = [
 Box = tuple[float, float, float, float]
 
 
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+def view_size(size: int | Sequence[int]) -> tuple[int, int]:
     """``size`` as ``(height, width)``; an int means a square."""
     if isinstance(size, int) and not isinstance(size, bool):
         pair = (size, size)
@@ -55,7 +56,7 @@ def check_crop_args(
     Raises:
         ValueError: naming the first bad argument and its allowed range.
     """
-    hw = _as_size(size)
+    hw = view_size(size)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1 (area fractions), got {scale!r}")
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1] < math.inf:
@@ -143,7 +144,7 @@ def resized_crop(
         >>> resized_crop(img, (10.5, 20.0, 110.5, 95.0), 64).size
         (64, 64)
     """
-    height, width = _as_size(size)
+    height, width = view_size(size)
     return img.resize((width, height), resample=pil_modes_mapping[interpolation], box=tuple(float(b) for b in box))
 
 
@@ -190,20 +191,29 @@ class RandomResizedCrop(nn.Module):
         """
         if not isinstance(img, Image.Image):
             raise TypeError(f"img must be a PIL.Image.Image, got {type(img).__name__}")
-        box = random_resized_crop_params(img.width, img.height, self.scale, self.ratio)
-        view = resized_crop(img, box, self.size, self.interpolation)
-        height, width = self.size
+        box, geom = self._draw(img.width, img.height, geom)
+        return resized_crop(img, box, self.size, self.interpolation), geom
+
+    def geometry(self, width: int, height: int, geom: ViewGeometry | None = None) -> ViewGeometry:
+        """Draw a crop of a ``width`` x ``height`` image as :meth:`forward` does, without touching pixels.
+
+        The same random draws in the same order as :meth:`forward`, so the same seed gives the
+        same geometry; the pixels can then be resampled elsewhere (on the device).
+        """
+        return self._draw(width, height, geom)[1]
+
+    def _draw(self, width: int, height: int, geom: ViewGeometry | None) -> tuple[Box, ViewGeometry]:
+        box = random_resized_crop_params(width, height, self.scale, self.ratio)
+        out_height, out_width = self.size
         if geom is None:
             # Same result as ViewGeometry.full(...).crop_to(box).resize(...), built in one go
             # because this runs once per view in the data workers.
-            geom = ViewGeometry(
+            return box, ViewGeometry(
                 torch.tensor(box, dtype=torch.float64),
                 torch.tensor(False),
-                torch.tensor((float(height), float(width)), dtype=torch.float64),
+                torch.tensor((float(out_height), float(out_width)), dtype=torch.float64),
             )
-        else:
-            geom = geom.crop_to(box).resize(height, width)
-        return view, geom
+        return box, geom.crop_to(box).resize(out_height, out_width)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, scale={self.scale}, ratio={self.ratio}, interpolation={self.interpolation.value}"
@@ -239,11 +249,18 @@ class RandomHorizontalFlip(nn.Module):
         Returns:
             The (possibly mirrored) image and its geometry.
         """
+        flip, geom = self._draw(img.width, img.height, geom)
+        return (img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img), geom
+
+    def geometry(self, width: int, height: int, geom: ViewGeometry | None = None) -> ViewGeometry:
+        """Draw the flip of a ``width`` x ``height`` image as :meth:`forward` does, without touching pixels."""
+        return self._draw(width, height, geom)[1]
+
+    def _draw(self, width: int, height: int, geom: ViewGeometry | None) -> tuple[bool, ViewGeometry]:
         if geom is None:
-            geom = ViewGeometry.full(img.width, img.height)
-        if torch.rand(1).item() < self.p:
-            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), geom.hflip()
-        return img, geom
+            geom = ViewGeometry.full(width, height)
+        flip = torch.rand(1).item() < self.p
+        return flip, geom.hflip() if flip else geom
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -9,7 +9,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .geometric import _as_size
+from .geometric import view_size
 
 __all__ = ["GaussianBlur", "blur_kernel_size", "byol_photometric"]
 
@@ -86,7 +86,7 @@ def byol_photometric(view: int, size: int | Sequence[int] = 224) -> T.Compose:
     """
     if isinstance(view, bool) or view not in (1, 2):
         raise ValueError(f"view must be 1 or 2, got {view!r}")
-    height, width = _as_size(size)
+    height, width = view_size(size)
     steps = [
         _with_probability(T.ColorJitter(**COLOR_JITTER), JITTER_P),
         T.RandomGrayscale(p=GRAYSCALE_P),
