@@ -88,9 +88,24 @@ def test_resample_crops_takes_batches_of_one_size():
         assert torch.equal(batched[i], resample_crops(images[i], crops[i], flipped[i], (64, 64)))
 
 
+def test_resampling_stays_exact_under_autocast_and_reduced_matmul_precision():
+    image = F.pil_to_tensor(photo_like())
+    crops = torch.tensor([[3.5, 2.0, 140.0, 100.25]], dtype=torch.float64)
+    exact = resample_crops(image, crops, torch.tensor([False]), (64, 96))
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(resample_crops(image, crops, torch.tensor([False]), (64, 96)), exact)
+        assert torch.get_float32_matmul_precision() == "medium"  # the caller's setting is restored
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        (dict(size=(0, 4)), "size"),
         (dict(image=torch.zeros(3, 8, 8)), "uint8"),
         (dict(crops=torch.zeros(2, 3, dtype=torch.float64)), "crops must be"),
         (dict(flipped=torch.zeros(3, dtype=torch.bool)), "crops must be"),
@@ -292,6 +307,8 @@ def test_decoder_and_crops_name_bad_arguments():
     batched = ViewGeometry(geom.crop[None], geom.flipped[None], geom.size[None])
     with pytest.raises(ValueError, match=r"images\[0\] must be uint8"):
         ViewDecoder(8)([torch.zeros(3, 8, 8)], batched, batched)
+    with pytest.raises(ValueError, match="paths must name the 1 images"):
+        ViewDecoder(8)([torch.zeros(3, 8, 8, dtype=torch.uint8)], batched, batched, ["a.jpg", "b.jpg"])
     with pytest.raises(ValueError, match="batched over the 2 images"):
         ViewDecoder(8)([torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2, batched, batched)
     with pytest.raises(ValueError, match="view1"):  # geometry recording another view size

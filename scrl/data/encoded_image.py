@@ -43,8 +43,11 @@ def read_encoded(path: str | os.PathLike) -> EncodedImage | None:
 
     Only the header is parsed (PIL reads the markers up to the first scan); the pixels are not
     decoded. ``None`` means the file must be decoded in the worker instead: another format, a
-    CMYK or 12-bit JPEG, a header PIL cannot parse, or a file cut short (no end-of-image
-    marker), which is how a truncated download usually looks.
+    CMYK or 12-bit JPEG, a header PIL cannot parse, a file cut short (no end-of-image marker),
+    which is how a truncated download usually looks, or one with more than 4 KiB after its
+    end-of-image marker (appended data; the worker path reads it all the same). A file cut short
+    and then given an end-of-image marker passes, and decodes with its missing rows gray, as
+    libjpeg-turbo decodes it for PIL with ``ImageFile.LOAD_TRUNCATED_IMAGES``.
 
     Args:
         path: an image file.

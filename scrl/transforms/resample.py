@@ -113,11 +113,21 @@ def resample_crops(
     if interpolation not in RESAMPLE_FILTERS:
         raise ValueError(f"interpolation must be one of {[m.name for m in RESAMPLE_FILTERS]}, got {interpolation!r}")
     height, width = int(size[0]), int(size[1])
+    if min(height, width) < 1:
+        raise ValueError(f"size must be (height, width) >= 1 pixel, got {tuple(size)}")
     source_height, source_width = image.shape[-2:]
     crops = crops.to(torch.float64)
     across = resample_weights(crops[..., 0], crops[..., 2], width, source_width, interpolation)
     across = torch.where(flipped[..., None, None], across.flip(-2), across)  # a mirrored view reads its columns backwards
     down = resample_weights(crops[..., 1], crops[..., 3], height, source_height, interpolation)
-    # float32 products of 8-bit values and weights are exact to far below one level.
-    rows = image.float().unsqueeze(-4) @ across.transpose(-1, -2).unsqueeze(-3)  # [..., V, C, H, width]
-    return _round_to_uint8_range(down.unsqueeze(-3) @ _round_to_uint8_range(rows)).to(torch.uint8)
+    # Full float32 products of 8-bit values and weights are exact to far below one level; bf16
+    # autocast or TF32 would be off by up to a few levels, so both are switched off here.
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(image.device.type, enabled=False):
+            rows = image.float().unsqueeze(-4) @ across.transpose(-1, -2).unsqueeze(-3)  # [..., V, C, H, width]
+            views = down.unsqueeze(-3) @ _round_to_uint8_range(rows)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    return _round_to_uint8_range(views).to(torch.uint8)

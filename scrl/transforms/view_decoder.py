@@ -38,7 +38,7 @@ class DecodedViews(NamedTuple):
 
 def _decode(data: list[Tensor], device: torch.device) -> list[Tensor]:
     with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated in favour of TorchCodec
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
@@ -116,6 +116,8 @@ class ViewDecoder(nn.Module):
                 f"{list(geom1.crop.shape)} and {list(geom2.crop.shape)}"
             )
         paths = list(paths) if paths is not None else [""] * count
+        if len(paths) != count:
+            raise ValueError(f"paths must name the {count} images, got {len(paths)} paths")
         device = geom1.crop.device
         decoded, skipped = self._decode_all(images, paths, device, geom1, geom2)
         height, width = self.size
@@ -154,7 +156,7 @@ class ViewDecoder(nn.Module):
         decode_device = device if device.type == "cuda" else torch.device("cpu")
         skipped: dict[str, str] = {}
         if not encoded:
-            return [image for image in decoded], skipped
+            return list(decoded), skipped
         try:
             for i, image in zip(encoded, _decode([images[i] for i in encoded], decode_device)):
                 decoded[i] = image
