@@ -76,7 +76,12 @@ def test_every_view_pixel_shows_the_source_point_its_geometry_predicts(seed, siz
     view_fn = byol_view(1 + seed % 2, size=size, photometric=False, output="uint8", interpolation=interpolation)
     torch.manual_seed(seed)
     view, geom = view_fn(coordinate_image())
-    height, width = size
+    assert_every_pixel_shows_its_source_point(view, geom, interpolation)
+
+
+def assert_every_pixel_shows_its_source_point(view: torch.Tensor, geom, interpolation: InterpolationMode) -> None:
+    """Every pixel centre of a geometric view of :func:`coordinate_image` decodes to where ``geom`` maps it."""
+    height, width = view.shape[1:]
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     centres = torch.stack([cols, rows], dim=-1).reshape(-1, 2).double() + 0.5
     truth = to_source(geom, centres)

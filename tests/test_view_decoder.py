@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as F
 from PIL import Image
-from test_pixel_oracle import coordinate_image, decode, filter_slack, to_source
+from test_pixel_oracle import assert_every_pixel_shows_its_source_point, coordinate_image, decode, to_source
 from torchvision.transforms import InterpolationMode
 
 from scrl import BoxPairSampler, ViewGeometry
@@ -142,13 +142,7 @@ def crops_with(interpolation: InterpolationMode, size=(120, 160)) -> TwoViewCrop
 @pytest.mark.parametrize("seed", range(8))
 def test_every_device_view_pixel_shows_the_source_point_its_geometry_predicts(seed, size, interpolation):
     view, _, geom, _ = device_views(coordinate_image(), crops_with(interpolation, size), seed, interpolation)
-    height, width = size
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    centres = torch.stack([cols, rows], dim=-1).reshape(-1, 2).double() + 0.5
-    truth = to_source(geom, centres)
-    error = (decode(view, centres) - truth).abs()
-    # The bound of the PIL path (test_pixel_oracle.py): 8-bit rounding plus the filter's border slack.
-    assert (error <= 0.5 + filter_slack(interpolation, geom, truth)).all()
+    assert_every_pixel_shows_its_source_point(view, geom, interpolation)  # the PIL path's bound
 
 
 @pytest.mark.parametrize("seed", range(12))
