@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA-only tests and the GPU figures of docs/benchmarks.md, in one run on one GPU. Each
-# check runs under its own time limit (32 minutes for all of them at the very most, 12 of them
-# for the quality table at the end).
+# check runs under its own time limit (the quality and transfer tables at the end take up to 12
+# minutes each).
 #
 #   bash benchmarks/gpu_checks.sh [OUTPUT_DIR]      # default: runs/gpu_checks
 #
@@ -59,6 +59,9 @@ check pipeline_decode_16_workers 240 "${decode_run[@]}" --workers 16
 # Quality at small scale with exact pooling, and an SCRL row pooled with aligned=True beside it
 # (three pretraining runs of ~215 s on an H100: run it when the lease has ~12 minutes left).
 check quality 720 python benchmarks/quality.py --budget gpu --also-aligned --json
+# Transfer on real photos: pretrain SCRL and BYOL on 1,128 photos, RoI measures and Faster R-CNN
+# fine-tuning over 3 seeds (sized for one H100 in under 10 minutes; run it with that much left).
+check transfer 720 python benchmarks/transfer.py --budget gpu --json
 
 if ((${#failed[@]})); then
     echo "failed: ${failed[*]}"

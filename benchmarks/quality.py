@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
-from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, roi_probe, split_by_image
+from scrl.eval import roi_measures, roi_probe
 from scrl.export import backbone_state_dict
 from scrl.train import PretrainConfig, Pretrainer, build_model
 from scrl.train.checkpoint import LAST_CHECKPOINT
@@ -145,21 +145,16 @@ def pretrain_with_probe(
 
 def evaluate(trunk: Trunk, name: str, data: Any, size: int, b: Budget, run: dict) -> dict[str, float]:
     """RoI linear, RoI k-NN and cross-view retrieval of one trunk on one dataset (split by image)."""
-    train_idx, test_idx = split_by_image(len(data), 0.5, seed=0)
-    loading = dict(image_size=size, batch_size=b.eval_batch, num_workers=b.eval_workers)
-    frozen = adapted_trunk(trunk, data, train_idx, **loading, **run)
-    result = roi_linear_eval(
-        frozen, data, adapt_bn=False, split_seed=0, epochs=b.head_epochs, seeds=tuple(range(b.head_seeds)), **loading, **run
-    )
-    retrieval = cross_view_retrieval(frozen, data, test_idx, view_size=b.view, batch_size=32, seed=0, **run)
+    m = roi_measures(trunk, data, split_seed=0, image_size=size, view_size=b.view, head_epochs=b.head_epochs,
+                     head_seeds=range(b.head_seeds), batch_size=b.eval_batch, num_workers=b.eval_workers, **run)
     return {
-        f"{name}_linear_runs": result.linear_runs,
-        f"{name}_knn_top1": result.knn_top1,
-        f"{name}_retrieval_top1": retrieval.top1,
-        f"{name}_retrieval_chance": retrieval.chance,
-        f"{name}_chance": result.chance,
-        f"{name}_majority": result.majority,
-        f"{name}_test_boxes": result.test_boxes,
+        f"{name}_linear_runs": m.linear_runs,
+        f"{name}_knn_top1": m.knn_top1,
+        f"{name}_retrieval_top1": m.retrieval_top1,
+        f"{name}_retrieval_chance": m.retrieval_chance,
+        f"{name}_chance": m.chance,
+        f"{name}_majority": m.majority,
+        f"{name}_test_boxes": m.test_boxes,
     }
 
 

@@ -1,0 +1,327 @@
+"""Detection transfer: Faster R-CNN with an FPN on a pretrained trunk, fine-tuned and scored by COCO box AP.
+
+The pieces of the paper's detection protocol (Sec. 4.2) for torchvision's detectors: box datasets
+as detection inputs (:class:`DetectionData`), the detector on any supported torchvision trunk
+(:func:`detection_classifier`, :func:`build_detector`), Detectron2's step schedule
+(:func:`step_lr`) and training loop (:func:`train_detector`), and COCO box AP with pycocotools
+(:func:`coco_box_ap`). pycocotools is optional (``pip install "scrl[detection]"``) and imported
+only when AP is computed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torchvision
+import torchvision.transforms.functional as TF
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.models.detection import FasterRCNN
+
+from ..data import hflip_with_boxes
+from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision
+from ..fpn import FPNBackbone
+from ..train.distributed import wrap_ddp
+
+__all__ = [
+    "DetectionData", "PYCOCOTOOLS_HINT", "build_detector", "coco_box_ap", "detection_classifier", "detection_collate",
+    "load_pycocotools", "step_lr", "train_detector",
+]
+
+PYCOCOTOOLS_HINT = 'COCO box AP needs pycocotools: pip install "scrl[detection]" (or pycocotools)'
+
+
+def load_pycocotools() -> tuple[Any, Any]:
+    """``(COCO, COCOeval)`` from pycocotools.
+
+    Raises:
+        ImportError: pycocotools is not installed; the message says how to install it.
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as err:
+        raise ImportError(PYCOCOTOOLS_HINT) from err
+    return COCO, COCOeval
+
+
+class DetectionData(Dataset):
+    """Box dataset items as torchvision detection inputs: ``(image [3, H, W] in [0, 1], target)``.
+
+    With ``hflip`` an image and its boxes are mirrored with probability 0.5 (torch's global RNG,
+    seeded per DataLoader worker). Labels shift by one: torchvision's detectors reserve class 0
+    for the background.
+
+    Args:
+        dataset: items ``(PIL image, boxes [M, 4] xyxy pixels, labels [M])``
+            (:func:`scrl.data.open_box_dataset`).
+        hflip: random horizontal flips (training).
+    """
+
+    def __init__(self, dataset: Dataset, hflip: bool) -> None:
+        self.dataset = dataset
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image, boxes, labels = self.dataset[index]
+        pixels = TF.to_tensor(image)
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        if self.hflip and torch.rand(()) < 0.5:
+            pixels, boxes = hflip_with_boxes(pixels, boxes)
+        return pixels, {"boxes": boxes, "labels": torch.as_tensor(labels, dtype=torch.int64) + 1}
+
+
+def detection_collate(items: list) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """A batch as torchvision's detectors take it: a list of images and a list of targets."""
+    return [item[0] for item in items], [item[1] for item in items]
+
+
+def detection_classifier(
+    weights: Source | str = "random", arch: str | None = None, *, weights_only: bool = True
+) -> tuple[nn.Module, str]:
+    """The torchvision classifier a detector's trunk is built from, with pretrained trunk weights.
+
+    BatchNorm stays trainable (torchvision's detection models default to ``FrozenBatchNorm2d``;
+    the paper fine-tunes with it trained).
+
+    Args:
+        weights: ``"random"``; or an exported torchvision trunk, a training checkpoint (path or
+            dict), an SCRL/BYOL model or a :class:`~scrl.Trunk` (anything
+            :func:`scrl.export.to_torchvision` reads).
+        arch: torchvision builder name of :func:`scrl.trunk.supported_archs` (``"convnext_tiny"``);
+            default: the one ``weights`` records, else the ResNet its layout implies
+            (``resnet50`` for ``"random"``).
+        weights_only: load a path with PyTorch's restricted unpickler.
+
+    Returns:
+        ``(model, arch)``: the classifier (its classifier head untrained) and its builder name.
+
+    Raises:
+        ValueError: ``arch`` disagrees with the name ``weights`` records, or the weights do not fit.
+    """
+    state = None
+    if isinstance(weights, str) and weights == "random":
+        arch = arch or "resnet50"
+    else:
+        source = load_source(weights, weights_only=weights_only)
+        recorded = source_arch(source)
+        if arch is not None and recorded is not None and arch != recorded:
+            raise ValueError(f"arch {arch} given, but {weights if isinstance(weights, str) else 'the source'} holds a {recorded}")
+        state = to_torchvision(source, arch=arch or recorded)
+        arch = arch or recorded or resnet_arch(state)
+    model = torchvision.models.get_model(arch, weights=None)
+    if state is not None:
+        model.load_state_dict(state, strict=False)  # to_torchvision checked that only the classifier is missing
+    return model, arch
+
+
+def build_detector(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    rois_per_image: int = 512,
+    proposals: int = 1000,
+    score_threshold: float = 0.05,
+) -> FasterRCNN:
+    """Faster R-CNN with an FPN (:class:`~scrl.fpn.FPNBackbone`) on a torchvision classifier's stages.
+
+    Args:
+        model: a torchvision classifier of a supported family (:func:`detection_classifier`).
+        num_classes: object classes, >= 1 (the background class is added).
+        min_size: shorter image side after resizing, in pixels (paper: 800).
+        max_size: longer side at most, in pixels.
+        rois_per_image: RoIs sampled per image for the box head (Detectron2: 512).
+        proposals: RPN proposals kept per image after NMS, in training and test (Detectron2: 1000).
+        score_threshold: detections scoring below it are dropped at test time, in ``[0, 1)``
+            (torchvision's and Detectron2's 0.05). AP ranks detections by score, so a lower
+            threshold only adds recall; it keeps a briefly trained detector, whose scores are still
+            near ``1 / (num_classes + 1)``, from reporting no detection at all.
+
+    Raises:
+        ValueError: a size or count below 1.
+    """
+    for name, value in (("num_classes", num_classes), ("min_size", min_size), ("max_size", max_size),
+                        ("rois_per_image", rois_per_image), ("proposals", proposals)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not 0 <= score_threshold < 1:
+        raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold!r}")
+    return FasterRCNN(
+        FPNBackbone(model),
+        num_classes=num_classes + 1,
+        min_size=min_size,
+        max_size=max_size,
+        box_batch_size_per_image=rois_per_image,
+        rpn_post_nms_top_n_train=proposals,
+        rpn_post_nms_top_n_test=proposals,
+        box_score_thresh=score_threshold,
+    )
+
+
+def step_lr(iteration: int, iters: int, warmup: int) -> float:
+    """Detectron2's multiplier: linear warm-up from 0.001, x0.1 at 2/3 and 8/9 of the run."""
+    warm = 1.0 if iteration >= warmup else 0.001 + (1 - 0.001) * iteration / warmup
+    return warm * 0.1 ** sum(iteration >= m for m in (round(iters * 2 / 3), round(iters * 8 / 9)))
+
+
+def train_detector(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    iters: int,
+    batch_size: int = 2,
+    lr: float | None = None,
+    weight_decay: float = 1e-4,
+    warmup_iters: int | None = None,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    seed: int = 0,
+    log_every: int = 20,
+    log: Callable[..., None] = print,
+) -> dict[str, Any]:
+    """Fine-tune all layers of a detector on ``dataset`` with Detectron2's schedule.
+
+    SGD with momentum 0.9, linear warm-up, learning rate x0.1 at 2/3 and 8/9 of ``iters``
+    (:func:`step_lr`), random horizontal flips. Under a process group (``torchrun``) BatchNorm
+    becomes SyncBatchNorm, the model is wrapped in DDP and each process reads its shard. Batch
+    order and flips follow torch's global RNG: seed it (the same on every process) first.
+
+    Args:
+        model: a torchvision detector (:func:`build_detector`), trained in place.
+        dataset: box dataset items ``(PIL image, boxes, labels)``.
+        iters: optimiser steps, >= 1 (the 1x schedule: 90000 at global batch 16).
+        batch_size: images per process and step, >= 1.
+        lr: peak learning rate; default ``0.02 x global batch / 16``.
+        weight_decay: L2 penalty.
+        warmup_iters: linear warm-up steps; default ``min(1000, iters / 10)``.
+        workers: DataLoader workers.
+        device: this process's device.
+        amp: bfloat16 autocast.
+        seed: seeds the distributed sampler's shuffling.
+        log_every: log the loss every N steps, >= 1.
+        log: where the progress lines go (``print``-like).
+
+    Returns:
+        ``{"model", "iters", "lr", "first_loss", "final_loss", "train_seconds"}``; ``model`` is
+        the detector (SyncBatchNorm when converted), unwrapped.
+
+    Raises:
+        ValueError: ``iters``, ``batch_size`` or ``log_every`` below 1, or an empty dataset.
+        FloatingPointError: the loss is not finite.
+    """
+    for name, value in (("iters", iters), ("batch_size", batch_size), ("log_every", log_every)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if len(dataset) == 0:
+        raise ValueError("the detection training set holds no images")
+    device = torch.device(device)
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # trunk and FPN
+    model.to(device)
+    train_model = wrap_ddp(model, device)
+    global_batch = batch_size * world_size
+    lr = lr if lr is not None else 0.02 * global_batch / 16
+    warmup = warmup_iters if warmup_iters is not None else min(1000, max(1, iters // 10))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: step_lr(it, iters, warmup))
+    train_set = DetectionData(dataset, hflip=True)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if world_size > 1 else None
+    loader = DataLoader(
+        train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
+        collate_fn=detection_collate, drop_last=len(train_set) >= global_batch, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    log(f"{world_size} process(es) x {batch_size}, lr {lr:.4g}, {iters} iterations, device {device}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    iteration, epoch, start, losses = 0, 0, time.perf_counter(), []
+    train_model.train()
+    while iteration < iters:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for pixels, targets in loader:
+            pixels = [p.to(device, non_blocking=True) for p in pixels]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            with autocast:
+                loss_parts = train_model(pixels, targets)
+            loss = sum(loss_parts.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite detection loss at iteration {iteration}: {loss_parts}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            iteration += 1
+            losses.append(float(loss.detach()))
+            if iteration % log_every == 0 or iteration == iters:
+                rate = iteration * global_batch / (time.perf_counter() - start)
+                log(f"iter {iteration}/{iters} loss {losses[-1]:.4f} lr {optimizer.param_groups[0]['lr']:.4g} {rate:.1f} img/s", flush=True)
+            if iteration == iters:
+                break
+        epoch += 1
+    return {"model": model, "iters": iteration, "lr": lr, "first_loss": losses[0], "final_loss": losses[-1],
+            "train_seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def coco_box_ap(model: nn.Module, data: Dataset, device: torch.device | str, batch_size: int = 2, workers: int = 0) -> dict[str, float]:
+    """COCO box AP / AP50 / AP75 (percent) of a detector on the boxes of ``data`` (one process).
+
+    Args:
+        model: a torchvision detector; put in eval mode.
+        data: box dataset items ``(PIL image, boxes, labels)``; its ``num_classes`` attribute,
+            when present, sets the categories.
+        device: where the detector runs.
+        batch_size: images per forward pass.
+        workers: DataLoader workers.
+
+    Returns:
+        ``{"box_ap", "box_ap50", "box_ap75", "detections"}`` (AP in percent, 0 without
+        detections or ground-truth boxes).
+
+    Raises:
+        ImportError: pycocotools is not installed (:data:`PYCOCOTOOLS_HINT`).
+    """
+    COCO, COCOeval = load_pycocotools()
+    images, annotations, detections = [], [], []
+    model.eval()
+    loader = DataLoader(DetectionData(data, hflip=False), batch_size=batch_size, num_workers=workers, collate_fn=detection_collate)
+    image_id = 0
+    for pixels, targets in loader:
+        outputs = model([p.to(device) for p in pixels])
+        for p, target, output in zip(pixels, targets, outputs):
+            image_id += 1
+            images.append({"id": image_id, "height": p.shape[1], "width": p.shape[2]})
+            for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
+                     "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0}
+                )
+            for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()):
+                detections.append(
+                    {"image_id": image_id, "category_id": label, "score": score,
+                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+                )
+    num_classes = getattr(data, "num_classes", 1 + max((a["category_id"] for a in annotations), default=0))
+    truth = COCO()
+    truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": c + 1} for c in range(num_classes)]}
+    truth.createIndex()
+    if not detections or not annotations:
+        return {"box_ap": 0.0, "box_ap50": 0.0, "box_ap75": 0.0, "detections": len(detections)}
+    evaluator = COCOeval(truth, truth.loadRes(detections), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    ap, ap50, ap75 = (max(0.0, 100.0 * float(v)) for v in evaluator.stats[:3])  # -1 means "no such boxes"
+    return {"box_ap": ap, "box_ap50": ap50, "box_ap75": ap75, "detections": len(detections)}
