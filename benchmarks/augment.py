@@ -42,8 +42,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from scrl import TwoViewTransform
-from scrl.data import EncodedTwoViewItem, collate_two_views, read_encoded
-from scrl.data.image_file import open_rgb
+from scrl.data import EncodedTwoViewItem, collate_two_views, read_encoded, read_for_device
 from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPhotometric, TwoViewCrops, ViewDecoder, byol_photometric, byol_view
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared/data/coco128-train" / "images"
@@ -138,7 +137,7 @@ def decode_on_device_images_per_s(
 def worker_bytes(size: int) -> Callable[[Path], tuple]:
     """The data worker of ``--decode-on-device``: read the file and its header, draw both geometries."""
     crops = TwoViewCrops.byol(size)
-    return lambda path: crops(read_encoded(path) or open_rgb(path))
+    return lambda path: crops(read_for_device(path))
 
 
 def ms_per_image(fn: Callable[[Any], tuple], images: list[Any], seed: int) -> float:

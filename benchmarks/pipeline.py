@@ -33,20 +33,14 @@ from pathlib import Path
 
 import torch
 
-import scrl
 from scrl.data import ResumableSampler, TwoViewDataset, two_view_loader
-from scrl.train import PretrainConfig, Pretrainer, build_dataset
-from scrl.transforms import TwoViewCrops
+from scrl.train import PretrainConfig, Pretrainer, build_dataset, build_transform
 
 def data_throughput(args: argparse.Namespace) -> float:
     """Images per second from the loader alone (uint8 views + geometries on the host)."""
-    images = build_dataset(PretrainConfig(data=args.data, synthetic_images=args.synthetic_images, image_size=args.image_size))
-    if args.decode_on_device:
-        transform = TwoViewCrops.byol(size=args.image_size)
-    else:
-        photometric = "device" if args.augment_on_device else True
-        transform = scrl.TwoViewTransform.byol(size=args.image_size, photometric=photometric, output="uint8")
-    dataset = TwoViewDataset(images, transform)
+    config = PretrainConfig(data=args.data, synthetic_images=args.synthetic_images, image_size=args.image_size,
+                            augment_on_device=args.augment_on_device, decode_on_device=args.decode_on_device)
+    dataset = TwoViewDataset(build_dataset(config), build_transform(config))
     sampler = ResumableSampler(dataset, num_replicas=1, rank=0)
     loader = two_view_loader(dataset, sampler, args.batch_size, args.workers, pin_memory=torch.cuda.is_available())
     needed = args.warmup_batches + args.batches

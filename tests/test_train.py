@@ -323,12 +323,17 @@ def test_augment_on_device_finishes_geometry_only_views_and_resumes_exactly(tmp_
     assert_same_weights(checkpoint(tmp_path / "resumed"), ckpt)
 
 
-def test_decode_on_device_trains_on_the_same_geometry_and_resumes_exactly(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    scenes = SyntheticScenes(8, image_size=96, seed=2)
+def _jpeg_folder(root: Path, seed: int) -> Path:
+    """Eight synthetic scenes saved as JPEG files: a folder the device decodes."""
+    root.mkdir()
+    scenes = SyntheticScenes(8, image_size=96, seed=seed)
     for i in range(len(scenes)):
-        scenes[i][0].save(data / f"img{i}.jpg", quality=90)
+        scenes[i][0].save(root / f"img{i}.jpg", quality=90)
+    return root
+
+
+def test_decode_on_device_trains_on_the_same_geometry_and_resumes_exactly(tmp_path, monkeypatch):
+    data = _jpeg_folder(tmp_path / "data", seed=2)
     decoded = []
 
     class Recording(pretrainer.ViewDecoder):
@@ -637,11 +642,7 @@ def test_decode_on_device_runs_compiled_and_resumes_exactly(tmp_path, monkeypatc
     compile_for_test = functools.partial(torch.compile, backend="aot_eager")
     monkeypatch.setattr(torch, "compile", compile_for_test)
     torch._dynamo.reset()
-    data = tmp_path / "data"
-    data.mkdir()
-    scenes = SyntheticScenes(8, image_size=96, seed=4)
-    for i in range(len(scenes)):
-        scenes[i][0].save(data / f"img{i}.jpg", quality=90)
+    data = _jpeg_folder(tmp_path / "data", seed=4)
     settings = dict(data=str(data), synthetic_images=None, decode_on_device=True, compile=True, epochs=1)
     try:
         reference = run(tmp_path / "reference", **settings)

@@ -3,7 +3,7 @@
 
 from .box_warp import hflip_with_boxes, resize_with_boxes
 from .coco import CocoBoxes
-from .encoded_image import EncodedImage, read_encoded
+from .encoded_image import EncodedImage, read_encoded, read_for_device
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from .label_problems import LabelProblem, LabelWarning
 from .loader import two_view_loader
@@ -38,6 +38,7 @@ __all__ = [
     "mix_seed",
     "open_box_dataset",
     "read_encoded",
+    "read_for_device",
     "resize_with_boxes",
     "ResumableSampler",
     "square_box_loader",

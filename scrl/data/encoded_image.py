@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["EncodedImage", "read_encoded"]
+from .image_file import open_rgb
+
+__all__ = ["EncodedImage", "read_encoded", "read_for_device"]
 
 # JPEG markers: every file starts with SOI and a complete one ends with EOI. Inside the
 # entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so an EOI
@@ -75,3 +77,15 @@ def read_encoded(path: str | os.PathLike) -> EncodedImage | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), width, height, path)
+
+
+def read_for_device(path: str | os.PathLike) -> EncodedImage | Image.Image:
+    """What a data worker hands on when the device decodes: the JPEG undecoded, any other file decoded.
+
+    Returns:
+        :func:`read_encoded`'s :class:`EncodedImage`, or the RGB image of :func:`~scrl.data.image_file.open_rgb`.
+
+    Raises:
+        OSError: the file cannot be read or decoded; the message names ``path``.
+    """
+    return read_encoded(path) or open_rgb(path)

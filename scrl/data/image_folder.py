@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import torch
 from PIL import Image
 
-from .encoded_image import EncodedImage, read_encoded
+from .encoded_image import EncodedImage, read_for_device
 from .image_file import open_rgb
 
 __all__ = ["ImageFolderDataset", "IMAGE_EXTENSIONS"]
@@ -124,7 +124,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """Image ``index`` undecoded when it is a JPEG the device decodes, else decoded as :meth:`load` does.
 
         The reading side of decoding on the device (:class:`~scrl.transforms.TwoViewCrops`):
-        a JPEG comes back as its bytes and header size (:func:`~scrl.data.read_encoded`); any
+        a JPEG comes back as its bytes and header size (:func:`~scrl.data.read_for_device`); any
         other file, or a JPEG the device cannot decode, is decoded here, and an unreadable file
         is replaced and reported exactly as by :meth:`load`.
 
@@ -135,7 +135,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         Raises:
             RuntimeError: ``max_consecutive_unreadable`` files in a row are unreadable.
         """
-        return self._first_readable(index, lambda path: read_encoded(path) or open_rgb(path))
+        return self._first_readable(index, read_for_device)
 
     def _first_readable(self, index: int, read: Callable[[str], Any]) -> tuple[Any, dict[str, str]]:
         n = len(self.samples)

@@ -188,8 +188,8 @@ class TwoViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def _image(self, index: int) -> tuple[Any, dict[str, str]]:
-        load = getattr(self.dataset, "load_encoded" if getattr(self.transform, "reads_encoded", False) else "load", None)
+    def _image(self, index: int, encoded: bool) -> tuple[Any, dict[str, str]]:
+        load = getattr(self.dataset, "load_encoded" if encoded else "load", None)
         if not callable(load):
             load = getattr(self.dataset, "load", None)
         if callable(load):
@@ -200,7 +200,8 @@ class TwoViewDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> TwoViewItem | EncodedTwoViewItem:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, skipped = self._image(index)
+        encoded = getattr(self.transform, "reads_encoded", False)
+        image, skipped = self._image(index, encoded)
         seed = mix_seed(self.seed, epoch, index)
         # Seed every generator a transform might draw from, and restore them afterwards so that
         # the caller's streams (the training process's, with workers=0) are left untouched.
@@ -214,7 +215,7 @@ class TwoViewDataset(Dataset):
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-        if getattr(self.transform, "reads_encoded", False):
+        if encoded:
             return EncodedTwoViewItem(*made, skipped)
         view1, view2, geom1, geom2 = made
         check_view_size(view1, geom1, "view1")

@@ -13,11 +13,12 @@ from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
 # The engine imports the method (models, data, evaluation), which imports its schedules from
 # here: importing these on first use keeps ``import scrl`` free of that cycle.
-_LAZY = {name: ".pretrainer" for name in ("Pretrainer", "RunWarning", "build_dataset", "build_model", "weights_digest")}
+_LAZY = {name: ".pretrainer" for name in ("Pretrainer", "RunWarning", "build_dataset", "build_model", "build_transform", "weights_digest")}
 
 __all__ = [
     "build_dataset",
     "build_model",
+    "build_transform",
     "CheckpointError",
     "ConfigError",
     "cosine_tau",

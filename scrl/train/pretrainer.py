@@ -57,6 +57,15 @@ def build_dataset(config: PretrainConfig) -> Dataset:
     return SyntheticScenes(config.synthetic_images, image_size=round(1.5 * config.image_size), seed=config.seed)
 
 
+def build_transform(config: PretrainConfig) -> TwoViewTransform | TwoViewCrops:
+    """The data workers' two-view transform: all augmentation, geometry only (``augment_on_device``),
+    or geometry without decoding (``decode_on_device``); views of ``config.image_size``, uint8."""
+    if config.decode_on_device:
+        return TwoViewCrops.byol(size=config.image_size)
+    photometric = "device" if config.augment_on_device else True
+    return TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
+
+
 def build_model(config: PretrainConfig) -> SCRL | BYOL:
     """``SCRL`` or ``BYOL`` with the trunk, heads, boxes and pooling rule of ``config`` (random init)."""
     if config.arch is None or config.tau_base is None:
@@ -188,12 +197,8 @@ class Pretrainer:
         """Views made in the workers, sharded and resumable; the schedule's lengths follow from them."""
         config = self.config
         on_gpu = self.device.type == "cuda"
-        if config.decode_on_device:
-            transform = TwoViewCrops.byol(size=config.image_size)
-        else:
-            photometric = "device" if config.augment_on_device else True
-            transform = TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
-        self.dataset = TwoViewDataset(dataset if dataset is not None else build_dataset(config), transform, seed=config.seed)
+        self.dataset = TwoViewDataset(dataset if dataset is not None else build_dataset(config), build_transform(config),
+                                      seed=config.seed)
         self.sampler = ResumableSampler(
             self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=config.seed, drop_last=True
         )

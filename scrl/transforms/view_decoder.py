@@ -150,16 +150,15 @@ class ViewDecoder(nn.Module):
                     f"images[{i}] must be uint8 JPEG bytes [L] or a uint8 [3, H, W] image, got {image.dtype} {list(image.shape)}"
                 )
             if image.dim() == 3:
-                decoded[i] = image.to(device, non_blocking=True)
+                decoded[i] = image
             else:
                 encoded.append(i)
         decode_device = device if device.type == "cuda" else torch.device("cpu")
         skipped: dict[str, str] = {}
-        if not encoded:
-            return list(decoded), skipped
         try:
-            for i, image in zip(encoded, _decode([images[i] for i in encoded], decode_device)):
-                decoded[i] = image
+            if encoded:
+                for i, image in zip(encoded, _decode([images[i] for i in encoded], decode_device)):
+                    decoded[i] = image
         except RuntimeError:  # one bad file fails the whole call: find it
             for i in encoded:
                 try:
@@ -170,6 +169,7 @@ class ViewDecoder(nn.Module):
                     except RuntimeError as exc:
                         skipped[paths[i] or f"images[{i}]"] = f"RuntimeError: {exc}"
                         decoded[i] = self._stand_in(geom1.crop[i], geom2.crop[i], device)
+        # Worker-decoded images, and files only the CPU decoder read, still have to move.
         return [image.to(device, non_blocking=True) for image in decoded], skipped
 
     @staticmethod
