@@ -61,7 +61,7 @@ check pipeline_decode_16_workers 240 "${decode_run[@]}" --workers 16
 check quality 720 python benchmarks/quality.py --budget gpu --also-aligned --json
 # Transfer on real photos: pretrain SCRL and BYOL on 1,128 photos, RoI measures and Faster R-CNN
 # fine-tuning over 3 seeds (sized for one H100 in under 10 minutes; run it with that much left).
-check transfer 720 python benchmarks/transfer.py --budget gpu --json
+check transfer 720 python benchmarks/transfer.py --budget gpu --json --output-dir "$out/transfer"
 
 if ((${#failed[@]})); then
     echo "failed: ${failed[*]}"

@@ -42,7 +42,7 @@ from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
 from scrl.eval import roi_measures, roi_probe
 from scrl.export import backbone_state_dict
 from scrl.train import PretrainConfig, Pretrainer, build_model
-from scrl.train.checkpoint import LAST_CHECKPOINT
+from scrl.runtime import LAST_CHECKPOINT
 from scrl.trunk import Trunk, resnet_trunk
 
 ROOT = Path(__file__).resolve().parents[1]

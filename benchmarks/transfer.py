@@ -13,14 +13,22 @@ splits the images in two (by image), and on that split gives
   trunk on the training images for ``--det-iters`` iterations (``scrl.eval.train_detector``,
   the code of examples/finetune_detection.py).
 
-    python benchmarks/transfer.py --budget smoke --json     # a few minutes on a CPU: does the chain run
-    python benchmarks/transfer.py --budget cpu --json       # about 45 minutes on 2 CPU cores
-    python benchmarks/transfer.py --budget gpu --json       # one H100-class GPU, < 10 minutes
+    python benchmarks/transfer.py --budget smoke --json     # does the chain run
+    python benchmarks/transfer.py --budget cpu --json
+    python benchmarks/transfer.py --budget gpu --json
     python benchmarks/transfer.py --budget cpu --eval-data my/annotations/instances_train.json --pretrain-data my/photos
 
-Prints one table (mean +- std over seeds, the reference rates, and whether the SCRL-BYOL
-difference exceeds the seed spread) and, with --json, one JSON object on the last line. Draws the
-bars into docs/figures/transfer_<budget>.png when matplotlib is installed (pip install "scrl[plot]").
+Measured (docs/benchmarks.md): smoke, 109 s on a 2-core Intel Xeon VM, otherwise idle, and 362 s
+while other work used 0.8 of its 2 cores; cpu, 45 minutes on 2 CPU cores shared part of the time
+with other work; gpu is sized for one H100 in under 10 minutes, not yet measured.
+
+Prints a line as each phase starts (pretraining of a method, RoI measures or detection
+fine-tuning of a trunk on one seed's split) with the time so far and an ETA, then one table
+(mean +- std over seeds, the reference rates, and whether the SCRL-BYOL difference exceeds the
+seed spread) and, with --json, one JSON object on the last line. Everything goes into
+--output-dir: the pretraining runs, transfer_<budget>_partial.json (rewritten after every
+finished row, which --resume continues from), transfer_<budget>.json and, when matplotlib is
+installed (pip install "scrl[plot]"), the bars as transfer_<budget>.png (or into --plot-dir).
 Box AP needs pycocotools (pip install "scrl[detection]").
 """
 
@@ -33,18 +41,20 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from scrl.data import ImageFolderDataset, LabelWarning, open_box_dataset
+from scrl.data import ImageFolderDataset, LabelWarning, open_box_dataset, require_boxes_in
 from scrl.eval import build_detector, coco_box_ap, detection_classifier, roi_measures, split_by_image, train_detector
 from scrl.eval.detection import load_pycocotools
 from scrl.train import PretrainConfig, Pretrainer
@@ -111,16 +121,22 @@ def image_folders(paths: list[Path]) -> Dataset:
     return folders[0] if len(folders) == 1 else ConcatDataset(folders)
 
 
-def pretrain(method: str, b: Budget, images: Dataset, seed: int, out: Path, quiet: bool) -> Pretrainer:
-    """Build the run of one method (its model initialised from ``seed``); the caller runs it."""
-    shutil.rmtree(out, ignore_errors=True)  # the benchmark's own earlier run of this row
+def pretrain(method: str, b: Budget, images: Dataset, seed: int, out: Path, quiet: bool, restore: bool) -> Pretrainer:
+    """Build the run of one method (its model initialised from ``seed``); the caller runs it.
+
+    With ``restore`` the run resumes the finished run in ``out`` (no training steps left), which
+    gives back the trained trunk; otherwise ``out`` is cleared and the run trains afresh.
+    """
+    if not restore:
+        shutil.rmtree(out, ignore_errors=True)  # the benchmark's own earlier run of this row
     steps_per_epoch = max(1, len(images) // b.batch)
     # The paper's 32-px minimum box side needs 3 x 3 C5 cells of view to fill most box slots;
     # smaller views take half-cell boxes, as the CPU defaults of scrl.train do.
     boxes = dict(min_box_size=32.0 if b.view >= 96 else 16.0) if method == "scrl" else {}
     config = PretrainConfig(
         method=method, arch=b.arch, image_size=b.view, batch_size=b.batch, epochs=math.ceil(b.steps / steps_per_epoch),
-        max_steps=b.steps, preset="200ep", workers=b.workers, seed=seed, output_dir=str(out), resume="none", amp=b.amp,
+        max_steps=b.steps, preset="200ep", workers=b.workers, seed=seed, output_dir=str(out),
+        resume="auto" if restore else "none", amp=b.amp,
         channels_last=b.channels_last, log_every=max(1, b.steps // 10), **boxes,
     )
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
@@ -128,10 +144,11 @@ def pretrain(method: str, b: Budget, images: Dataset, seed: int, out: Path, quie
 
 
 def run_pretraining(pretrainer: Pretrainer, quiet: bool) -> dict[str, Any]:
+    """The pretraining row of a method: its time, steps and the digest of the weights it ends with."""
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         summary = pretrainer.run()
-    return {"train_seconds": time.perf_counter() - start, "steps": summary["step"]}
+    return {"train_seconds": time.perf_counter() - start, "steps": summary["step"], "weights_sha256": summary["weights_sha256"]}
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -139,11 +156,16 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def measure(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fraction: float, run: dict, quiet: bool) -> dict[str, Any]:
-    """Every measure of one trunk on the split of ``seed``: RoI evaluation, then detection fine-tuning."""
-    m = roi_measures(trunk, data, split_seed=seed, test_fraction=test_fraction, image_size=b.eval_size, view_size=b.view,
-                     head_epochs=b.head_epochs, head_seeds=range(b.head_seeds), batch_size=b.eval_batch,
-                     num_workers=b.eval_workers, **run)
+def roi_row(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fraction: float, run: dict) -> dict[str, Any]:
+    """The RoI measures of one trunk on the split of ``seed``."""
+    return roi_measures(trunk, data, split_seed=seed, test_fraction=test_fraction, image_size=b.eval_size, view_size=b.view,
+                        head_epochs=b.head_epochs, head_seeds=range(b.head_seeds), batch_size=b.eval_batch,
+                        num_workers=b.eval_workers, **run).as_dict()
+
+
+def detection_row(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fraction: float, run: dict,
+                  quiet: bool) -> dict[str, Any]:
+    """Box AP of a detector fine-tuned from one trunk on the training images of the split of ``seed``."""
     train_idx, test_idx = split_by_image(len(data), test_fraction, seed=seed)
     torch.manual_seed(seed)  # detector heads, batch order and flips: the same for every trunk
     classifier, _ = detection_classifier(trunk, trunk.arch)
@@ -159,9 +181,45 @@ def measure(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fraction: fl
     held_out.num_classes = data.num_classes
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         ap = coco_box_ap(trained["model"], held_out, run["device"], b.det_batch, b.det_workers)
-    return {**m.as_dict(), "box_ap": ap["box_ap"], "box_ap50": ap["box_ap50"], "detections": ap["detections"],
+    return {"box_ap": ap["box_ap"], "box_ap50": ap["box_ap50"], "detections": ap["detections"],
             "det_first_loss": trained["first_loss"], "det_final_loss": trained["final_loss"],
             "det_seconds": trained["train_seconds"]}
+
+
+def pretrained_trunks(b: Budget, images: Dataset, seed: int, runs: Path, record: dict[str, Any], wanted: set[str],
+                      progress: Progress, save: Callable[[], None], quiet: bool) -> dict[str, Trunk]:
+    """The initialisation ("random") and the SCRL and BYOL trunks pretrained from it, into ``record["pretraining"]``.
+
+    A method ``record`` already holds is not trained again: its finished run in ``runs`` gives its
+    trunk back, and only when it is ``wanted`` for rows still to measure. ``save`` runs after every
+    pretraining.
+    """
+    trunks: dict[str, Trunk] = {}
+    for method in ("scrl", "byol"):
+        restore = method in record["pretraining"]
+        try:
+            pretrainer = pretrain(method, b, images, seed, runs / method, quiet, restore)
+        except ValueError as err:  # settings the run refuses (a batch larger than the photos, ...)
+            refuse(str(err))
+        if "random" not in trunks:  # the initialisation both methods start from
+            trunks["random"] = copy.deepcopy(pretrainer.model.trunk)
+        elif not same_weights(trunks["random"], pretrainer.model.trunk):
+            raise RuntimeError(f"{method} starts from other trunk weights than scrl: the comparison would be unfair")
+        if restore and method not in wanted:
+            continue  # every row of this method is measured: its trunk is not needed
+        if restore:
+            if run_pretraining(pretrainer, quiet)["weights_sha256"] != record["pretraining"][method]["weights_sha256"]:
+                refuse(f"--resume: the {method} run in {runs / method} holds other weights than the ones its "
+                         "rows were measured with; run without --resume to start afresh")
+            print(f"  {method}: pretrained trunk taken from the finished run in {runs / method}", flush=True)
+        else:
+            with progress.phase("pretraining", f"pretraining {method}: {b.steps} steps of {b.batch} photos"):
+                row = record["pretraining"][method] = run_pretraining(pretrainer, quiet)
+            save()
+            print(f"  {method}: {row['steps']} steps of {b.batch} ({row['steps'] * b.batch / len(images):.1f} epochs) in "
+                  f"{row['train_seconds']:.0f} s", flush=True)
+        trunks[method] = pretrainer.model.trunk
+    return trunks
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -253,6 +311,98 @@ def plot(result: dict[str, Any], path: Path, title: str) -> str | None:
     return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path)
 
 
+def seconds(value: float) -> str:
+    """A duration as read at a glance: seconds up to two minutes, minutes above."""
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+class Progress:
+    """One line as each planned phase starts: its number, the time so far and an ETA.
+
+    The ETA sums, over the phases still to run (this one included), the mean duration of the
+    finished phases of their kind. Kinds not finished yet count as nothing, so the ETA is then a
+    lower bound ("> ..."), and "unknown" before any phase has finished.
+    """
+
+    def __init__(self, kinds: list[str], clock: Callable[[], float] = time.perf_counter) -> None:
+        self.todo = list(kinds)  # the kind of every phase still to run, in order
+        self.total = len(kinds)
+        self.clock = clock
+        self.started = clock()
+        self.durations: dict[str, list[float]] = {}
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def eta(self) -> str:
+        known = [statistics.fmean(self.durations[k]) for k in self.todo if k in self.durations]
+        if not known:
+            return "ETA unknown"
+        return f"ETA {'> ' if len(known) < len(self.todo) else ''}{seconds(sum(known))}"
+
+    @contextlib.contextmanager
+    def phase(self, kind: str, label: str) -> Iterator[None]:
+        if not self.todo or self.todo[0] != kind:
+            raise ValueError(f"phase {kind!r} is not the one planned next ({self.todo[:1]})")
+        number = self.total - len(self.todo) + 1
+        print(f"[{number}/{self.total} | {seconds(self.elapsed())} so far | {self.eta()}] {label}", flush=True)
+        start = self.clock()
+        yield
+        self.durations.setdefault(kind, []).append(self.clock() - start)
+        self.todo.pop(0)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write through a temporary file and a rename, so a killed run leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def differences(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings in which two runs differ, nested ones named ``outer.inner``."""
+    out = []
+    for key in sorted(stored.keys() | wanted.keys()):
+        old, new = stored.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} there, {new!r} here")
+    return out
+
+
+def start_record(path: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The finished rows this run starts from: those of the partial JSON at ``path`` with ``resume``, else none.
+
+    Raises:
+        SystemExit: ``resume`` and ``path`` is not a record of a run with these ``settings``.
+    """
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as they are read back
+    fresh = {"run": settings, "seconds": 0.0, "pretraining": {}, "per_seed": {method: [] for method in METHODS}}
+    if not path.exists():
+        if resume:
+            print(f"--resume: no {path} yet, starting afresh", flush=True)
+        return fresh
+    if not resume:
+        print(f"{path} holds an earlier run: starting afresh (--resume would continue it)", flush=True)
+        return fresh
+    try:
+        record = json.loads(path.read_text())
+        changed = differences(record["run"], settings)
+    except (ValueError, KeyError, TypeError) as err:
+        refuse(f"--resume: {path} is not a partial JSON of this benchmark ({err!r}); run without --resume")
+    if changed:
+        refuse(f"--resume: {path} was made with other settings ({'; '.join(changed)}); continue it with its "
+                 "settings, start afresh without --resume, or choose another --output-dir")
+    return record
+
+
+def refuse(message: str) -> NoReturn:
+    """Stop on input the benchmark cannot use, as argparse does: the message on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
@@ -271,8 +421,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
     add("--seeds", type=int, default=None, help="override the number of splits / fine-tuning seeds, >= 1")
     add("--det-iters", type=int, default=None, help="override the detection fine-tuning iterations, >= 1")
     add("--pretrain-seed", type=int, default=0, help="seed of the initial weights and of pretraining, >= 0")
-    add("--output-dir", default=str(ROOT / "runs" / "transfer"))
-    add("--plot-dir", default=str(ROOT / "docs" / "figures"))
+    add("--output-dir", default=str(ROOT / "runs" / "transfer"),
+        help="folder of everything the run writes: the pretraining runs, transfer_<budget>_partial.json, "
+             "transfer_<budget>.json and the figure (default: runs/transfer in the checkout)")
+    add("--plot-dir", default=None, help="folder of the figure transfer_<budget>.png instead of --output-dir "
+                                         "(docs/figures holds the documentation's)")
+    add("--resume", action="store_true",
+        help="continue from --output-dir's transfer_<budget>_partial.json: rows it holds are not measured again "
+             "(refused when it was made with other settings); total_seconds adds up the time of every run up to its last "
+             "finished row")
     add("--verbose", action="store_true", help="show the pretraining and fine-tuning runs' own log lines")
     add("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
@@ -296,27 +453,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, b = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.budget == "gpu" and device.type != "cuda":
-        sys.exit("error: --budget gpu needs a CUDA device")
+        refuse("--budget gpu needs a CUDA device")
     try:
         load_pycocotools()  # fail before pretraining, not after
     except ImportError as err:
-        sys.exit(f"error: {err}")
+        refuse(str(err))
     pretrain_paths = [Path(p) for p in args.pretrain_data] if args.pretrain_data else DEFAULT_PRETRAIN
     eval_path = Path(args.eval_data) if args.eval_data else DEFAULT_EVAL
     for flag, path in [("--pretrain-data", p) for p in pretrain_paths] + [("--eval-data", eval_path)]:
         if not path.exists():
-            sys.exit(f"error: {flag} {path} does not exist (the defaults are the sample data in ../shared/data; "
+            refuse(f"{flag} {path} does not exist (the defaults are the sample data in ../shared/data; "
                      "pass your own folders of photos and a COCO .json or YOLO folder of boxes)")
     try:
         images = image_folders(pretrain_paths)
         with warnings.catch_warnings():  # annotation problems are listed once by the reader; the run goes on
-            warnings.simplefilter("ignore", LabelWarning)
-            data = open_box_dataset(eval_path, image_dir=args.eval_image_dir)
+            warnings.filterwarnings("ignore", r"\d+ annotation problem", LabelWarning)
+            data = open_box_dataset(eval_path, image_dir=args.eval_image_dir, split=True)
+        for seed in range(b.seeds):  # each split needs boxes on both sides: found out before pretraining, not after
+            for side, indices in zip(("training", "held-out"), split_by_image(len(data), args.test_fraction, seed=seed)):
+                require_boxes_in(data, indices, side)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
-    if len(data) < 2:
-        sys.exit(f"error: --eval-data {eval_path} holds {len(data)} image(s); the splits need at least 2")
-    started = time.perf_counter()
+        refuse(str(err))
     quiet = not args.verbose
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,39 +482,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"budget {args.budget}: {b}\npretraining on {len(images)} photos from {', '.join(map(str, pretrain_paths))}; "
           f"evaluating on {data!r}", flush=True)
 
-    trunks: dict[str, Trunk] = {}
-    rows: dict[str, dict[str, Any]] = {"random": {"train_seconds": 0.0, "steps": 0}}
-    for method in ("scrl", "byol"):
-        try:
-            pretrainer = pretrain(method, b, images, args.pretrain_seed, out / args.budget / method, quiet)
-        except ValueError as err:  # settings the run refuses (a batch larger than the photos, ...)
-            sys.exit(f"error: {err}")
-        if "random" not in trunks:  # the initialisation both methods start from
-            trunks["random"] = copy.deepcopy(pretrainer.model.trunk)
-        elif not same_weights(trunks["random"], pretrainer.model.trunk):
-            raise RuntimeError(f"{method} starts from other trunk weights than scrl: the comparison would be unfair")
-        rows[method] = run_pretraining(pretrainer, quiet)
-        trunks[method] = pretrainer.model.trunk
-        print(f"  {method}: {rows[method]['steps']} steps of {b.batch} ({rows[method]['steps'] * b.batch / len(images):.1f} "
-              f"epochs) in {rows[method]['train_seconds']:.0f} s", flush=True)
-
-    result: dict[str, Any] = {
+    settings: dict[str, Any] = {
         "budget": args.budget, "settings": dataclasses.asdict(b), "pretrain_data": [str(p) for p in pretrain_paths],
-        "pretrain_images": len(images), "eval_data": str(eval_path), "eval_images": len(data),
-        "num_classes": data.num_classes, "test_fraction": args.test_fraction, "pretrain_seed": args.pretrain_seed,
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "methods": {},
+        "pretrain_images": len(images), "eval_data": str(eval_path), "eval_image_dir": args.eval_image_dir,
+        "eval_images": len(data), "num_classes": data.num_classes, "test_fraction": args.test_fraction,
+        "pretrain_seed": args.pretrain_seed, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
-    for method in METHODS:
-        per_seed = []
-        for seed in range(b.seeds):
-            per_seed.append(measure(trunks[method], data, seed, b, args.test_fraction, run, quiet))
-            s = per_seed[-1]
-            print(f"  {method} seed {seed}: RoI linear {statistics.fmean(s['linear_runs']):.1f}, k-NN {s['knn_top1']:.1f}, "
-                  f"retrieval {s['retrieval_top1']:.1f}, box AP {s['box_ap']:.2f}, AP50 {s['box_ap50']:.2f} "
-                  f"({time.perf_counter() - started:.0f} s so far)", flush=True)
-        result["methods"][method] = {**rows[method], "images_seen": rows[method]["steps"] * b.batch, **summarise(per_seed)}
-        (out / f"transfer_{args.budget}_partial.json").write_text(json.dumps(result))
+    partial = out / f"transfer_{args.budget}_partial.json"
+    record = start_record(partial, settings, args.resume)
+    write_json(partial, record)  # from now on a killed run can be resumed, or refused, by its settings
+    rows_left = [(m, seed) for m in METHODS for seed in range(len(record["per_seed"][m]), b.seeds)]
+    pretraining_left = [m for m in ("scrl", "byol") if m not in record["pretraining"]]
+    progress = Progress(["pretraining"] * len(pretraining_left) + ["RoI measures", "detection"] * len(rows_left))
+    earlier = record["seconds"]  # of the runs this one continues, up to their last finished row
+
+    def save() -> None:
+        record["seconds"] = earlier + progress.elapsed()
+        write_json(partial, record)
+
+    trunks = pretrained_trunks(b, images, args.pretrain_seed, out / args.budget, record, {m for m, _ in rows_left},
+                               progress, save, quiet)
+    for method, seed in rows_left:
+        with progress.phase("RoI measures", f"{method} seed {seed}: RoI measures"):
+            row = roi_row(trunks[method], data, seed, b, args.test_fraction, run)
+        with progress.phase("detection", f"{method} seed {seed}: detection fine-tuning ({b.det_iters} iterations), box AP"):
+            row |= detection_row(trunks[method], data, seed, b, args.test_fraction, run, quiet)
+        record["per_seed"][method].append(row)
+        save()
+        print(f"  {method} seed {seed}: RoI linear {statistics.fmean(row['linear_runs']):.1f}, k-NN {row['knn_top1']:.1f}, "
+              f"retrieval {row['retrieval_top1']:.1f}, box AP {row['box_ap']:.2f}, AP50 {row['box_ap50']:.2f}", flush=True)
+
+    pretraining = {"random": {"train_seconds": 0.0, "steps": 0}, **record["pretraining"]}
+    result: dict[str, Any] = {**settings, "threads": torch.get_num_threads(), "methods": {
+        m: {**pretraining[m], "images_seen": pretraining[m]["steps"] * b.batch, **summarise(record["per_seed"][m])}
+        for m in METHODS
+    }}
     first = result["methods"]["random"]["per_seed"]  # splits and box pairs are the same for every trunk
     result["reference"] = {
         "chance": first[0]["chance"],
@@ -367,12 +527,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_images": first[0]["test_images"],
     }
     result["comparison"] = compare(result["methods"]["scrl"], result["methods"]["byol"])
-    result["total_seconds"] = time.perf_counter() - started
+    result["total_seconds"] = earlier + progress.elapsed()
     result["command"] = "python benchmarks/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     title = (f"{b.arch}, {b.steps} steps x {b.batch} photos at {b.view} px; {len(data)} box images, "
              f"{b.seeds} seeds, Faster R-CNN {b.det_iters} iterations")
-    drawn = plot(result, Path(args.plot_dir) / f"transfer_{args.budget}.png", title)
+    drawn = plot(result, Path(args.plot_dir or out) / f"transfer_{args.budget}.png", title)
     if drawn:
         result["figure"] = drawn
     print(f"figure: {drawn}" if drawn else 'figure not drawn: matplotlib is not installed (pip install "scrl[plot]")')
@@ -381,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{data.num_classes} classes, {ref['test_images']} held-out images ({ref['test_boxes']:.0f} boxes) per seed; "
           f"± is the sample std over {b.seeds} seed(s) (RoI linear: over seeds x {b.head_seeds} heads)")
     print(f"total {result['total_seconds']:.0f} s on {result['device_name']}; command: {result['command']}")
-    (out / f"transfer_{args.budget}.json").write_text(json.dumps(result))
+    write_json(out / f"transfer_{args.budget}.json", result)
     if args.json:
         print(json.dumps(result))
     return result

@@ -18,10 +18,6 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import torch
 import torchvision.transforms.functional as F
 from PIL import Image
@@ -31,7 +27,8 @@ from torchvision.utils import draw_bounding_boxes
 from scrl import BoxPairSampler, TwoViewTransform, resnet_trunk
 from scrl.cell_centre import gradient_centroid, linearised_copy
 from scrl.roi_pool import pool_boxes
-from scrl.transforms import byol_view, to_rgb
+from scrl.data import to_rgb
+from scrl.transforms import byol_view
 from scrl.viz import PALETTE, draw_box_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +130,13 @@ def _px(value: float) -> str:
 
 def cell_centres_figure(out: Path) -> str:
     """Draw docs/figures/cell_centres.png from :func:`measure_cell_centres`; returns a summary."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit('the cell_centres figure needs matplotlib: pip install "scrl[plot]"') from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     m = measure_cell_centres()
     stride, offset, pooled = m["stride"], m["offset"], m["pooled"]
     cells = range(CELL_VIEW // stride)

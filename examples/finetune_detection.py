@@ -20,19 +20,21 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
-from scrl.data import open_box_dataset
+from scrl.data import open_box_dataset, read_class_names, require_boxes_in
+from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval import build_detector, coco_box_ap, detection_classifier, split_by_image, train_detector
 from scrl.eval.detection import load_pycocotools
-from scrl.train.distributed import cleanup, init_distributed
+from scrl.runtime import cleanup, init_distributed
 from scrl.trunk import supported_archs
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--weights", required=True, help="exported torchvision trunk, training checkpoint, or 'random'")
@@ -45,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--val-data", default=None, help="validation boxes (default: hold out --val-fraction of --data's images)")
     add("--val-image-dir", default=None)
     add("--val-fraction", type=float, default=0.2)
+    add("--names", default=None, metavar="FILE",
+        help="YOLO class names, one per line (.txt) or a data.yaml (default: data.yaml / classes.yaml / classes.txt beside images/)")
+    add("--num-classes", type=int, default=None, metavar="N", help="YOLO class count, when there are no names")
+    add("--max-consecutive-unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE_UNREADABLE, metavar="N",
+        help=f"stop when N images in a row cannot be decoded; fewer are skipped and reported (default: {DEFAULT_MAX_CONSECUTIVE_UNREADABLE})")
     add("--iters", type=int, default=90000, help="optimiser steps (1x schedule: 90000 at batch 16)")
     add("--batch-size", type=int, default=2, help="images per process")
     add("--lr", type=float, default=None, help="peak learning rate (default 0.02 x global batch / 16)")
@@ -64,16 +71,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--unsafe-load", action="store_true", help="torch.load with weights_only=False (trusted files only)")
     add("--json", action="store_true", help="print the results as one JSON object on the last line")
     args = p.parse_args(argv)
-    for name in ("iters", "batch_size", "min_size", "max_size", "log_every", "rois_per_image", "proposals"):
-        if getattr(args, name) < 1:
+    for name in ("iters", "batch_size", "min_size", "max_size", "log_every", "rois_per_image", "proposals",
+                 "num_classes", "max_consecutive_unreadable"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.val_fraction < 1:
         p.error("--val-fraction must be in (0, 1)")
-    return args
+    return p, args
+
+
+def open_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, Dataset]:
+    """``(--data, training images, validation images)``; refuses a side without boxes that would be used."""
+    reading = dict(format=args.format, class_names=read_class_names(args.names) if args.names else None,
+                   num_classes=args.num_classes, max_consecutive_unreadable=args.max_consecutive_unreadable)
+    data = open_box_dataset(args.data, image_dir=args.image_dir, split=args.val_data is None, **reading)
+    if args.val_data is not None:
+        return data, data, open_box_dataset(args.val_data, image_dir=args.val_image_dir, **reading)
+    train_idx, val_idx = split_by_image(len(data), args.val_fraction, args.seed)
+    require_boxes_in(data, train_idx, "training")
+    if args.eval == "coco":
+        require_boxes_in(data, val_idx, "validation")
+    val_data = Subset(data, val_idx)
+    val_data.num_classes = data.num_classes
+    return data, Subset(data, train_idx), val_data
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    p, args = parse_args(argv)
     if args.eval == "coco":
         try:
             load_pycocotools()  # fail before training, not after
@@ -83,20 +107,17 @@ def main(argv: list[str] | None = None) -> dict:
     main_process = info.rank == 0
     log = print if main_process else (lambda *a, **k: None)
     torch.manual_seed(args.seed + info.rank)
-    try:
-        data = open_box_dataset(args.data, format=args.format, image_dir=args.image_dir)
-        if args.val_data is not None:
-            train_data, val_data = data, open_box_dataset(args.val_data, format=args.format, image_dir=args.val_image_dir)
-        else:
-            train_idx, val_idx = split_by_image(len(data), args.val_fraction, args.seed)
-            train_data, val_data = Subset(data, train_idx), Subset(data, val_idx)
-            val_data.num_classes = data.num_classes
+    try:  # a dataset or weights that cannot be used: named, exit 2
+        with warnings.catch_warnings():
+            if not main_process:
+                warnings.simplefilter("ignore")  # every process reads the same data: rank 0 reports it
+            data, train_data, val_data = open_data(args)
         torch.manual_seed(args.seed)  # identical initial weights on every rank
         classifier, arch = detection_classifier(args.weights, args.arch, weights_only=not args.unsafe_load)
         model = build_detector(classifier, data.num_classes, min_size=args.min_size, max_size=args.max_size,
                                rois_per_image=args.rois_per_image, proposals=args.proposals)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        p.error(str(err))
     log(f"Faster R-CNN FPN on {arch} from {args.weights}: {len(train_data)} training images, {data.num_classes} classes")
     trained = train_detector(
         model, train_data, iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

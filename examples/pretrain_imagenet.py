@@ -23,6 +23,7 @@ import warnings
 
 from typing import get_args
 
+from scrl.runtime import FolderLockedError
 from scrl.train import PRESETS, CheckpointError, ConfigError, PretrainConfig, Pretrainer, RunWarning
 from scrl.train.config import CPU_DEFAULTS, FIXED_DEFAULTS, GPU_DEFAULTS, Amp, Device, Method, RoIPooling
 
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
             return Pretrainer(PretrainConfig(**vars(args))).run()
         except (ConfigError, CheckpointError) as err:  # a setting or file the run cannot use: named, exit 2
             p.error(in_flags(str(err)))
+        except FolderLockedError as err:  # another run is using --output-dir right now
+            p.exit(2, f"error: {in_flags(str(err))}\n")
         except OSError as err:  # e.g. a checkpoint that could not be written: the message names path and cause
             p.exit(1, f"error: {err}\n")
 

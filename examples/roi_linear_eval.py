@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 import torchvision
 
-from scrl.data import open_box_dataset
+from scrl.data import BoxDataError, open_box_dataset, read_class_names
+from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, split_by_image
 from scrl.export import load_source, resnet_arch, source_arch, to_timm, to_torchvision
 from scrl.trunk import TIMM_PREFIX, Trunk, as_trunk, torchvision_trunk
@@ -60,7 +60,7 @@ def build_trunk(checkpoint: str, arch: str | None, weights_only: bool = True) ->
     return trunk, found
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--checkpoint", required=True, help="training checkpoint, torchvision state dict, 'random' or 'torchvision-supervised'")
@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--test-data", default=None, help="held-out dataset (default: split --data by image)")
     add("--test-image-dir", default=None)
     add("--test-fraction", type=float, default=0.5, help="share of images held out when splitting --data")
+    add("--names", default=None, metavar="FILE",
+        help="YOLO class names, one per line (.txt) or a data.yaml (default: data.yaml / classes.yaml / classes.txt beside images/)")
+    add("--num-classes", type=int, default=None, metavar="N", help="YOLO class count, when there are no names")
+    add("--max-consecutive-unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE_UNREADABLE, metavar="N",
+        help=f"stop when N images in a row cannot be decoded; fewer are skipped and reported (default: {DEFAULT_MAX_CONSECUTIVE_UNREADABLE})")
     add("--image-size", type=int, default=800, help="square side images are resized to (paper: 800)")
     add("--stages", default=None, help="comma-separated trunk stages to concatenate, e.g. layer3,layer4 (default: C5)")
     add("--hflip", action="store_true", help="add mirrored training images (the paper trains with flips)")
@@ -91,44 +96,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--seed", type=int, default=0, help="split seed")
     add("--unsafe-load", action="store_true", help="torch.load with weights_only=False (trusted files only)")
     add("--json", action="store_true", help="print the results as one JSON object on the last line")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    for name in ("num_classes", "max_consecutive_unreadable"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
-    try:
+    try:  # a checkpoint or a dataset that cannot be used: named, exit 2
         trunk, arch = build_trunk(args.checkpoint, args.arch, weights_only=not args.unsafe_load)
-        data = open_box_dataset(args.data, format=args.format, image_dir=args.image_dir)
+        reading = dict(format=args.format, class_names=read_class_names(args.names) if args.names else None,
+                       num_classes=args.num_classes, max_consecutive_unreadable=args.max_consecutive_unreadable)
+        data = open_box_dataset(args.data, image_dir=args.image_dir, split=args.test_data is None, **reading)
         test_data = None
         if args.test_data is not None:
-            test_data = open_box_dataset(args.test_data, format=args.format, image_dir=args.test_image_dir)
+            test_data = open_box_dataset(args.test_data, image_dir=args.test_image_dir, **reading)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        p.error(str(err))
     trunk.to(device)
     run = dict(
         device=device,
         autocast_dtype=torch.bfloat16 if args.amp == "bf16" else None,
         channels_last=args.channels_last,
     )
-    result = roi_linear_eval(
-        trunk,
-        data,
-        test_data,
-        test_fraction=args.test_fraction,
-        split_seed=args.seed,
-        image_size=args.image_size,
-        stages=args.stages.split(",") if args.stages else None,
-        hflip=args.hflip,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seeds=tuple(range(args.seeds)),
-        knn_k=args.knn_k,
-        **run,
-    )
+    try:
+        result = roi_linear_eval(
+            trunk,
+            data,
+            test_data,
+            test_fraction=args.test_fraction,
+            split_seed=args.seed,
+            image_size=args.image_size,
+            stages=args.stages.split(",") if args.stages else None,
+            hflip=args.hflip,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            seeds=tuple(range(args.seeds)),
+            knn_k=args.knn_k,
+            **run,
+        )
+    except BoxDataError as err:  # e.g. a split with no boxes on one side
+        p.error(str(err))
     out = {"checkpoint": args.checkpoint, "arch": arch, "data": args.data, "image_size": args.image_size, **result.as_dict()}
     rows = [
         ("RoI linear top-1", f"{result.linear_top1:.2f} +- {result.linear_top1_std:.2f} % ({len(result.linear_runs)} heads)"),

@@ -11,7 +11,7 @@ from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk, torchvision_trunk
 from .train.lars import LARS, lars_param_groups
-from .train.schedule import cosine_tau, warmup_cosine
+from .schedule import cosine_tau, warmup_cosine
 
 __all__ = [
     "BoxPairPool",

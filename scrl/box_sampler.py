@@ -213,7 +213,7 @@ def sample_box_pairs(
 
     # Both views as one geometry of batch shape [2, N]: each step below runs once for both.
     dtype = torch.float32
-    views = ViewGeometry(
+    views = ViewGeometry._rewrap(
         torch.stack([geom1.crop, geom2.crop]).to(dtype),
         torch.stack([geom1.flipped, geom2.flipped]),
         torch.stack([geom1.size, geom2.size]).to(dtype),

@@ -27,8 +27,8 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from .eval.trunk_forward import unwrap_module
-from .train.checkpoint import load_checkpoint
+from .runtime.distributed import unwrap_module
+from .runtime.checkpoint import load_checkpoint
 from .trunk import FAMILIES, TIMM_PREFIX, family_of, supported_archs
 
 __all__ = [

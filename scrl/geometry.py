@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -41,8 +42,13 @@ class ViewGeometry(_Fields):
         size: float ``[..., 2]``, the view's ``(height, width)`` in view pixels.
 
     Raises:
-        ValueError: a field has the wrong dtype or shape, or the batch shapes disagree (checked
-            from the tensors' metadata only, so it costs no device synchronisation).
+        ValueError: a field has the wrong dtype or shape, or the batch shapes disagree (read from
+            the tensors' metadata, always); a value of ``crop`` or ``size`` is not finite, a
+            ``size`` is not positive, or a crop is empty or inverted (``x1 <= x0`` or
+            ``y1 <= y0``). Values are read only while the fields are on the CPU and outside
+            ``torch.compile``, where that costs no device synchronisation and breaks no graph:
+            a geometry built on an accelerator is not read, and moving one (:meth:`to` without
+            ``dtype``) or flipping it (:meth:`hflip`) does not read again the values it keeps.
 
     Example:
         >>> g = ViewGeometry.full(640, 480).crop_to([100.0, 50.0, 420.0, 290.0])
@@ -54,22 +60,24 @@ class ViewGeometry(_Fields):
     __slots__ = ()
 
     def __new__(cls, crop: Tensor, flipped: Tensor, size: Tensor) -> "ViewGeometry":
-        for name, value in (("crop", crop), ("flipped", flipped), ("size", size)):
-            if not isinstance(value, Tensor):
-                raise ValueError(f"ViewGeometry.{name} must be a tensor, got {type(value).__name__}")
-        if not crop.is_floating_point() or crop.dim() < 1 or crop.shape[-1] != 4:
-            raise ValueError(f"ViewGeometry.crop must be a float [..., 4] tensor (x0, y0, x1, y1), got {crop.dtype} {list(crop.shape)}")
-        if not size.is_floating_point() or size.shape != crop.shape[:-1] + (2,):
-            raise ValueError(
-                f"ViewGeometry.size must be a float [..., 2] tensor (height, width) with crop's batch shape "
-                f"{list(crop.shape[:-1])}, got {size.dtype} {list(size.shape)}"
-            )
-        if flipped.dtype != torch.bool or flipped.shape != crop.shape[:-1]:
-            raise ValueError(
-                f"ViewGeometry.flipped must be a bool tensor of crop's batch shape {list(crop.shape[:-1])}, "
-                f"got {flipped.dtype} {list(flipped.shape)}"
-            )
+        _check_fields(crop, flipped, size)
+        _check_values(crop, size)
         return super().__new__(cls, crop, flipped, size)
+
+    @classmethod
+    def _rewrap(cls, crop: Tensor, flipped: Tensor, size: Tensor) -> "ViewGeometry":
+        """Wrap fields taken over from checked geometries (moved, flipped, stacked, unpickled); metadata checks only.
+
+        Their values were checked when those geometries were built; reading them again would add
+        value reads to every training step, which moves and stacks geometries.
+        """
+        _check_fields(crop, flipped, size)
+        return super().__new__(cls, crop, flipped, size)
+
+    def __reduce__(self) -> tuple:
+        # A geometry that crossed from a data worker was checked there; unpickling it in the
+        # training loop must not read its values again.
+        return ViewGeometry._rewrap, tuple(self)
 
     @classmethod
     def _make(cls, iterable: Sequence[Tensor]) -> "ViewGeometry":  # so that _replace checks its fields too
@@ -102,7 +110,7 @@ class ViewGeometry(_Fields):
 
     def hflip(self) -> "ViewGeometry":
         """Mirror the view left-right."""
-        return ViewGeometry(self.crop, ~self.flipped, self.size)
+        return ViewGeometry._rewrap(self.crop, ~self.flipped, self.size)
 
     # ------------------------------------------------------------------ mapping
     @property
@@ -175,15 +183,74 @@ class ViewGeometry(_Fields):
             The geometry with the same shapes (``[..., 4]``, ``[...]``, ``[..., 2]``).
 
         Raises:
-            ValueError: ``dtype`` is not a floating dtype.
+            ValueError: ``dtype`` is not a floating dtype, or the cast turns a value invalid (as
+                :class:`ViewGeometry` checks them: e.g. a crop overflowing float16), found while
+                the result is on the CPU and the copy is blocking.
         """
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype (for crop and size), got {dtype}")
-        return ViewGeometry(
+        # A move keeps the values; a cast can overflow or collapse a crop, so it is checked again,
+        # unless the copy is asynchronous (its values may not have arrived yet).
+        make = ViewGeometry if dtype is not None and not non_blocking else ViewGeometry._rewrap
+        return make(
             self.crop.to(device=device, dtype=dtype, non_blocking=non_blocking),
             self.flipped.to(device=device, non_blocking=non_blocking),
             self.size.to(device=device, dtype=dtype, non_blocking=non_blocking),
         )
+
+
+def _check_fields(crop: Tensor, flipped: Tensor, size: Tensor) -> None:
+    """Refuse fields of the wrong type, dtype or shape, from their metadata alone."""
+    for name, value in (("crop", crop), ("flipped", flipped), ("size", size)):
+        if not isinstance(value, Tensor):
+            raise ValueError(f"ViewGeometry.{name} must be a tensor, got {type(value).__name__}")
+    if not crop.is_floating_point() or crop.dim() < 1 or crop.shape[-1] != 4:
+        raise ValueError(f"ViewGeometry.crop must be a float [..., 4] tensor (x0, y0, x1, y1), got {crop.dtype} {list(crop.shape)}")
+    if not size.is_floating_point() or size.shape != crop.shape[:-1] + (2,):
+        raise ValueError(
+            f"ViewGeometry.size must be a float [..., 2] tensor (height, width) with crop's batch shape "
+            f"{list(crop.shape[:-1])}, got {size.dtype} {list(size.shape)}"
+        )
+    if flipped.dtype != torch.bool or flipped.shape != crop.shape[:-1]:
+        raise ValueError(
+            f"ViewGeometry.flipped must be a bool tensor of crop's batch shape {list(crop.shape[:-1])}, "
+            f"got {flipped.dtype} {list(flipped.shape)}"
+        )
+
+
+def _reads_values(tensor: Tensor) -> bool:
+    """Whether reading ``tensor``'s values is free: on the CPU and outside ``torch.compile``."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()  # a value read would break the graph
+
+
+def _check_values(crop: Tensor, size: Tensor) -> None:
+    """Refuse non-finite fields, non-positive sizes and empty or inverted crops, when reading them is free.
+
+    Without this, a negative size gives valid-looking box pairs in mirrored pixels and a NaN one
+    fails deep inside the sampler with a meaningless index error.
+    """
+    if not (_reads_values(crop) and _reads_values(size)):
+        return
+    span = crop[..., 2:] - crop[..., :2]  # (width, height); NaN or inf anywhere in crop leaves it NaN or inf
+    # One combined test first (NaN fails it too): this runs for every view the data workers make.
+    extents = torch.cat([span, size], dim=-1)
+    if ((extents > 0) & (extents < math.inf)).all():
+        return
+    for name, value in (("crop", crop), ("size", size)):
+        if not torch.isfinite(value).all():
+            raise ValueError(f"ViewGeometry {name} must be finite, got {_first(value, ~torch.isfinite(value))}")
+    if not (size > 0).all():
+        raise ValueError(f"ViewGeometry size must be positive (height, width) in view pixels, got {_first(size, size <= 0)}")
+    raise ValueError(
+        "ViewGeometry crop must have x0 < x1 and y0 < y1 (a positive, finite width and height), got "
+        f"{_first(crop, ~((span > 0) & (span < math.inf)))}"
+    )
+
+
+def _first(field: Tensor, bad: Tensor) -> list[float]:
+    """The first row of ``field`` ``[..., F]`` where ``bad`` ``[..., F']`` holds anywhere, as a list."""
+    rows = field.reshape(-1, field.shape[-1])
+    return rows[bad.reshape(rows.shape[0], -1).any(-1)][0].tolist()
 
 
 def check_view_size(views: Tensor, geom: ViewGeometry, name: str = "view") -> None:
@@ -206,7 +273,7 @@ def check_view_size(views: Tensor, geom: ViewGeometry, name: str = "view") -> No
     batch = tuple(views.shape[:-3])
     if tuple(geom.size.shape[:-1]) != batch:
         raise ValueError(f"{name}: the geometry's batch shape {list(geom.size.shape[:-1])} differs from the views' {list(batch)}")
-    if geom.size.device.type != "cpu" or torch.compiler.is_compiling():  # a value read would break the graph
+    if not _reads_values(geom.size):
         return
     height, width = views.shape[-2:]
     wrong = (geom.size[..., 0] != height) | (geom.size[..., 1] != width)

@@ -41,14 +41,24 @@ def _check_pairs(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor) -> None:
         )
 
 
+def _where_valid(rows: Tensor, valid: Tensor) -> Tensor:
+    """``rows`` with every invalid row replaced by zeros (not multiplied by them: NaN * 0 is NaN)."""
+    return torch.where(valid[..., None], rows, 0)
+
+
 def scrl_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor | None) -> Tensor:
     """SCRL loss over matched box pairs, masked to the valid pairs and symmetrised.
 
     ``L = sum_m v_m l(q1_m, z2_m) / max(1, sum_m v_m) + sum_m v_m l(q2_m, z1_m) / max(1, sum_m v_m)``
     with ``l(q, z) = 2 - 2 cos(q, z)`` and ``v`` the validity mask. Computed in float32 even
-    under ``torch.autocast``; no host-device sync. With no valid pair the loss is exactly 0 but
-    still depends on every row of ``q1`` and ``q2``, so all online parameters receive (zero)
-    gradients and DistributedDataParallel does not wait for missing ones.
+    under ``torch.autocast``; no host-device sync. Invalid rows are selected away
+    (``torch.where``) before the loss is computed, so nothing in them, NaN or inf included,
+    reaches the loss or its gradient: their gradient is exactly 0.
+
+    The loss is exactly 0 in the empty cases: no valid pair (an all-False ``valid``) and no
+    row at all (``M = 0``, with or without ``valid``). It still depends on every row of ``q1``
+    and ``q2``, so all online parameters receive (zero) gradients and DistributedDataParallel
+    does not wait for missing ones.
 
     Args:
         q1: float ``[M, D]``, online predictions of the view-1 boxes.
@@ -67,20 +77,23 @@ def scrl_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor | No
         tensor(0.)
     """
     _check_pairs(q1, z2, q2, z1)
-    if valid is not None and (valid.shape != q1.shape[:-1] or valid.dtype != torch.bool):
-        raise ValueError(f"valid must be None or bool {list(q1.shape[:-1])}, got {valid.dtype} {list(valid.shape)}")
-    per_pair = regression_loss(q1, z2) + regression_loss(q2, z1)
     if valid is None:
-        return per_pair.mean()
-    weight = valid.float()
-    count = weight.sum().clamp(min=1)
-    return (per_pair * weight).sum() / count
+        per_pair = regression_loss(q1, z2) + regression_loss(q2, z1)
+        # The mean of no rows would be NaN.
+        return per_pair.sum() / max(1, per_pair.numel())
+    if valid.shape != q1.shape[:-1] or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be None or bool {list(q1.shape[:-1])}, got {valid.dtype} {list(valid.shape)}")
+    q1, z2, q2, z1 = (_where_valid(rows, valid) for rows in (q1, z2, q2, z1))
+    # The zeroed rows still give a loss of 4 each; select it away as well.
+    per_pair = torch.where(valid, regression_loss(q1, z2) + regression_loss(q2, z1), 0)
+    return per_pair.sum() / valid.sum().clamp(min=1)
 
 
 def byol_loss(q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor) -> Tensor:
     """BYOL loss on image-level vectors: ``mean(2 - 2 cos(q1, z2)) + mean(2 - 2 cos(q2, z1))``.
 
-    The same as ``scrl_loss(q1, z2, q2, z1, None)``: every row is a pair.
+    The same as ``scrl_loss(q1, z2, q2, z1, None)``: every row is a pair. With no row
+    (``B = 0``) the loss is exactly 0, not the NaN of an empty mean.
 
     Args:
         q1, q2: float ``[B, D]``, online predictions of view 1 / view 2.

@@ -37,7 +37,7 @@ from .mlp_head import MLPHead
 from .momentum import MomentumTarget
 from .pooling import BoxPairPool, GlobalPool
 from .roi_pool import RoIPairPool
-from .train.schedule import cosine_tau
+from .schedule import cosine_tau
 from .trunk import Trunk, as_trunk
 
 __all__ = ["TwoViewModel", "SCRL", "BYOL"]

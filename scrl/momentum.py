@@ -1,4 +1,4 @@
-"""The momentum (EMA) target network of BYOL / SCRL (its cosine schedule: :func:`scrl.train.schedule.cosine_tau`).
+"""The momentum (EMA) target network of BYOL / SCRL (its cosine schedule: :func:`scrl.schedule.cosine_tau`).
 
 Naming: ``tau`` is the weight KEPT on the target, ``xi <- tau * xi + (1 - tau) * theta``
 (paper notation); some frameworks call ``1 - tau`` "momentum".

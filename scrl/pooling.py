@@ -159,6 +159,6 @@ class BoxPairPool(nn.Module):
                 raise ValueError(f"{name} must be a ViewGeometry batch with crop [B={batch}, 4], got {got}")
         device = online_maps[0].device
         pairs = self.sampler(geom1.to(device), geom2.to(device), generator=generator)
-        online1, online2, valid = self.roi_pool(*online_maps, pairs)
-        target1, target2, _ = self.roi_pool(*target_maps, pairs)
+        online1, online2, valid = self.roi_pool._pool_sampled(*online_maps, pairs)
+        target1, target2, _ = self.roi_pool._pool_sampled(*target_maps, pairs)
         return PooledPairs(torch.cat([online1, online2]), torch.cat([target1, target2]), valid)

@@ -36,6 +36,36 @@ def _check_args(output_size: int, spatial_scale: float, sampling_ratio: int, ali
         raise ValueError(f"cell_offset must be a finite number of input pixels, got {cell_offset!r}")
 
 
+def _check_map(name: str, feature_map: Tensor) -> None:
+    # An integer map would be pooled in float and cast back, truncating every feature.
+    if not feature_map.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype (features are interpolated), got {feature_map.dtype}")
+
+
+def _check_boxes(name: str, boxes: Tensor) -> None:
+    """Refuse NaN or inf coordinates, when reading them is free (on the CPU, outside ``torch.compile``).
+
+    roi_align pools a non-finite box to zeros without an error, which looks like an empty box.
+    """
+    if boxes.device.type != "cpu" or torch.compiler.is_compiling():  # a read would wait for the device or break the graph
+        return
+    finite = torch.isfinite(boxes).reshape(-1, 4).all(dim=-1)
+    if not finite.all():
+        first = int((~finite).nonzero()[0])
+        raise ValueError(
+            f"{name} must hold finite (x0, y0, x1, y1), got {boxes.reshape(-1, 4)[first].tolist()} at flattened box {first}"
+        )
+
+
+def _check_inputs(feature_map: Tensor, boxes: Tensor | list[Tensor]) -> None:
+    _check_map("feature_map", feature_map)
+    if isinstance(boxes, Tensor):
+        _check_boxes("boxes", boxes)
+        return
+    for n, per_image in enumerate(boxes):
+        _check_boxes(f"boxes[{n}]", per_image)
+
+
 def pool_boxes(
     feature_map: Tensor,
     boxes: Tensor | list[Tensor],
@@ -69,10 +99,30 @@ def pool_boxes(
         itself runs in at least float32. With adaptive sampling (``sampling_ratio=-1``) and
         ``aligned`` ``None`` or ``True``, an all-zero box (an invalid slot) pools to zeros.
 
+    Raises:
+        ValueError: an argument is out of range, ``feature_map`` has an integer dtype, or a box
+            holds NaN or inf. Box values are read only while the boxes are on the CPU (and
+            outside ``torch.compile``), where that costs no device synchronisation; boxes on an
+            accelerator are not read.
+
     Example:
         >>> rows = pool_boxes(c5, [torch.tensor([[16.0, 16.0, 80.0, 112.0]])], spatial_scale=1 / 32)
     """
     _check_args(output_size, spatial_scale, sampling_ratio, aligned, cell_offset)
+    _check_inputs(feature_map, boxes)
+    return _pool(feature_map, boxes, spatial_scale, output_size, sampling_ratio, aligned, cell_offset)
+
+
+def _pool(
+    feature_map: Tensor,
+    boxes: Tensor | list[Tensor],
+    spatial_scale: float,
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool | None,
+    cell_offset: float,
+) -> Tensor:
+    """:func:`pool_boxes` on checked arguments."""
     # bf16 box coordinates would be off by up to a pixel.
     dtype = torch.promote_types(feature_map.dtype, torch.float32)
     if isinstance(boxes, Tensor):
@@ -126,9 +176,23 @@ def roi_pair_pool(
         ``(p1, p2, valid)``: ``p1``, ``p2`` ``[N*K, C*output_size**2]`` in the maps' dtype
         (``[N*K, C]`` for the default 1x1), ``valid`` bool ``[N*K]``.
 
+    Raises:
+        ValueError: the shapes disagree, an argument is out of range, a map has an integer
+            dtype, or a box holds NaN or inf (read only while the boxes are on the CPU, as in
+            :func:`pool_boxes`: boxes on an accelerator cost no device synchronisation).
+
     Example:
         >>> p1, p2, valid = roi_pair_pool(map1, map2, sampler(geom1, geom2))
     """
+    _check_args(output_size, spatial_scale, sampling_ratio, aligned, cell_offset)
+    _check_pair_inputs(map1, map2, pairs)
+    for name, value in (("pairs.boxes1", pairs.boxes1), ("pairs.boxes2", pairs.boxes2)):
+        _check_boxes(name, value)
+    return _pool_pairs(map1, map2, pairs, (spatial_scale, output_size, sampling_ratio, aligned, cell_offset))
+
+
+def _check_pair_inputs(map1: Tensor, map2: Tensor, pairs: BoxPairs) -> None:
+    """Refuse maps and pairs of disagreeing shapes, and integer maps, from their metadata alone."""
     if map1.dim() != 4 or map2.dim() != 4 or map1.shape[:2] != map2.shape[:2]:
         raise ValueError(f"map1 and map2 must be [N, C, h, w] with equal N and C, got {list(map1.shape)} and {list(map2.shape)}")
     n, k = pairs.valid.shape
@@ -137,13 +201,15 @@ def roi_pair_pool(
             f"pairs must hold [N, K, 4] boxes and [N, K] valid with N = {map1.shape[0]} images, got boxes1 "
             f"{list(pairs.boxes1.shape)}, boxes2 {list(pairs.boxes2.shape)}, valid {list(pairs.valid.shape)}"
         )
-    settings = dict(
-        spatial_scale=spatial_scale, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned,
-        cell_offset=cell_offset,
-    )
-    p1 = pool_boxes(map1, pairs.boxes1, **settings)
-    p2 = pool_boxes(map2, pairs.boxes2, **settings)
-    return p1, p2, pairs.valid.reshape(n * k)
+    for name, value in (("map1", map1), ("map2", map2)):
+        _check_map(name, value)
+
+
+def _pool_pairs(map1: Tensor, map2: Tensor, pairs: BoxPairs, settings: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`roi_pair_pool` on checked inputs; ``settings`` as :func:`_pool` takes them after the boxes."""
+    p1 = _pool(map1, pairs.boxes1, *settings)
+    p2 = _pool(map2, pairs.boxes2, *settings)
+    return p1, p2, pairs.valid.reshape(-1)
 
 
 class RoIPairPool(nn.Module):
@@ -182,6 +248,16 @@ class RoIPairPool(nn.Module):
         return roi_pair_pool(
             map1, map2, pairs, self.output_size, 1 / self.stride, self.sampling_ratio, self.aligned, self.cell_offset
         )
+
+    def _pool_sampled(self, map1: Tensor, map2: Tensor, pairs: BoxPairs) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` for pairs a :class:`~scrl.BoxPairSampler` drew from checked geometries.
+
+        Their boxes are finite by construction, so their values are not read: a training step
+        reads no value even on the CPU.
+        """
+        _check_pair_inputs(map1, map2, pairs)
+        settings = (1 / self.stride, self.output_size, self.sampling_ratio, self.aligned, self.cell_offset)
+        return _pool_pairs(map1, map2, pairs, settings)
 
     def extra_repr(self) -> str:
         rule = f"cell_offset={self.cell_offset}" if self.aligned is None else f"aligned={self.aligned}"

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Subset
 
-from scrl.data import CocoBoxes, LabelWarning, YoloBoxes
+from scrl.data import (
+    BoxDataError,
+    CocoBoxes,
+    LabelWarning,
+    UnreadableImageWarning,
+    YoloBoxes,
+    open_box_dataset,
+    read_class_names,
+    require_boxes_in,
+)
 
 SHARED_COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-train"
 
@@ -44,9 +55,10 @@ def test_yolo_boxes_in_source_pixels_and_problems_with_lines(tmp_path: Path) -> 
         ]
     )
     root = _yolo_root(tmp_path, text)
-    with pytest.warns(LabelWarning, match="6 annotation problem"):
+    with pytest.warns(LabelWarning, match="6 annotation problem"), pytest.warns(LabelWarning, match="1 of 2 images have no label"):
         ds = YoloBoxes(root)
     assert len(ds) == 2 and ds.num_classes == 3 and ds.class_names == ["cat", "dog", "car"]
+    assert ds.unlabelled == [root / "images" / "b.png"] and ds.names_source == str(root / "classes.yaml")
     where = sorted((Path(p.path).name, p.where) for p in ds.problems)
     assert where == [
         ("a.txt", "line 3"),
@@ -81,7 +93,8 @@ def test_yolo_names_inferred_without_names_file_and_errors(tmp_path: Path) -> No
     _image(root / "images" / "sub" / "x.JPG", 10, 10)
     (root / "labels" / "sub").mkdir(parents=True)
     (root / "labels" / "sub" / "x.txt").write_text("4 0.5 0.5 0.5 0.5\n")
-    ds = YoloBoxes(root)
+    with pytest.warns(LabelWarning, match="no class names found"):
+        ds = YoloBoxes(root)
     assert ds.num_classes == 5 and ds.class_names[4] == "4" and ds.problems == []
     (root / "images" / "sub" / "x.JPG").write_bytes(b"not a jpeg")
     with pytest.raises(OSError, match="x.JPG"):
@@ -167,6 +180,8 @@ def test_yolo_reads_coco128() -> None:
         ds = YoloBoxes(SHARED_COCO128)
     assert len(ds) == 128 and ds.num_classes == 80 and ds.class_names[0] == "person"
     assert all(p.message.startswith("no image") for p in ds.problems)
+    assert ds.skipped == {} and len(ds.unlabelled) == 2 and ds.box_counts.count(0) == 2  # every photo decodes
+    assert ds.names_source == str(SHARED_COCO128 / "classes.yaml")
     image, boxes, labels = ds[0]
     assert boxes.shape[0] == labels.shape[0] > 0
     assert (boxes[:, 2] <= image.width).all() and (boxes[:, 3] <= image.height).all()
@@ -199,3 +214,164 @@ def test_box_corners_are_the_hand_formulas_exactly_and_problems_keep_file_order(
     assert [p.where for p in coco.problems] == ["images[2] (id 3)", "annotations[20] (id 90)", "annotations[21] (id 91)"]
     expected = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in xywh])
     assert torch.equal(coco[0][1][:20], expected)
+
+
+def _yolo_of(root: Path, labels: dict[str, str], *, names: str | None = None) -> Path:
+    """A YOLO folder of 20 x 20 images named by ``labels``; a ``None`` label text writes no label file."""
+    for stem, text in labels.items():
+        _image(root / "images" / f"{stem}.png", 20, 20)
+        if text is not None:
+            (root / "labels").mkdir(parents=True, exist_ok=True)
+            (root / "labels" / f"{stem}.txt").write_text(text)
+    if names is not None:
+        (root / "data.yaml").write_text(names)
+    return root
+
+
+BOX = "0 0.5 0.5 0.4 0.4\n"
+
+
+def test_yolo_without_boxes_or_images_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    empty_labels = _yolo_of(tmp_path / "empty", dict.fromkeys("abc", ""))
+    with pytest.raises(BoxDataError, match=r"empty has 3 images but no boxes: every label file is empty$"):
+        YoloBoxes(empty_labels)
+    no_labels = _yolo_of(tmp_path / "unlabelled", dict.fromkeys("ab", None))
+    with pytest.raises(BoxDataError, match=r"2 images but no boxes: none of its images has a label file"):
+        YoloBoxes(no_labels)
+    rejected = _yolo_of(tmp_path / "rejected", {"a": "9 0.5 0.5 0.1 0.1\n"}, names="names: [cat]\n")
+    with pytest.warns(LabelWarning), pytest.raises(BoxDataError, match="all 1 label lines were rejected"):
+        YoloBoxes(rejected)
+    (tmp_path / "bare" / "images").mkdir(parents=True)
+    with pytest.raises(BoxDataError, match=r"bare has no images: .*images holds no image files"):
+        YoloBoxes(tmp_path / "bare")
+    assert issubclass(BoxDataError, ValueError)  # callers that catch bad input as ValueError still do
+
+
+def test_yolo_class_count_from_names_file_arguments_or_a_guess_with_a_warning(tmp_path: Path) -> None:
+    labels = {"a": "3 0.5 0.5 0.4 0.4\n", "b": BOX}
+    with pytest.warns(LabelWarning, match=r"no class names found .* largest class id \+ 1 = 4; .* --num-classes N"):
+        guessed = YoloBoxes(_yolo_of(tmp_path / "guess", labels))
+    assert guessed.num_classes == 4 and guessed.names_source == "labels"
+
+    given = YoloBoxes(_yolo_of(tmp_path / "count", labels), num_classes=6)
+    assert given.num_classes == 6 and given.class_names[5] == "5" and given.names_source == "num_classes"
+    with pytest.warns(LabelWarning, match=r"class id 3 not in \[0, 2\)"):
+        too_few = YoloBoxes(_yolo_of(tmp_path / "two", labels), num_classes=2)
+    assert too_few.box_counts == [0, 1]
+
+    yaml = _yolo_of(tmp_path / "yaml", labels, names="path: .\nnames:\n  - cat\n  - dog\n  - car\n  - bus\n")
+    from_yaml = YoloBoxes(yaml)
+    assert from_yaml.class_names == ["cat", "dog", "car", "bus"] and from_yaml.names_source == str(yaml / "data.yaml")
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("w\nx\n\ny\nz\nq\n")
+    assert read_class_names(names_file) == ["w", "x", "y", "z", "q"] and read_class_names(yaml / "data.yaml")[0] == "cat"
+    assert YoloBoxes(yaml, class_names=read_class_names(names_file)).class_names[4] == "q"  # given names win
+    with pytest.raises(ValueError, match="num_classes=3 but class_names holds 5 names"):
+        YoloBoxes(yaml, class_names=read_class_names(names_file), num_classes=3)
+    with pytest.raises(ValueError, match="names file .*nothing.txt does not exist"):
+        read_class_names(tmp_path / "nothing.txt")
+
+
+def test_yolo_images_without_a_label_file_are_counted_and_reported(tmp_path: Path) -> None:
+    root = _yolo_of(tmp_path / "yolo", {"a": BOX, "b": None, "c": None, "d": ""}, names="names: [cat]\n")
+    with pytest.warns(LabelWarning, match=r"2 of 4 images have no label file \(e\.g\. .*labels/b\.txt\); they are read as images without objects"):
+        ds = YoloBoxes(root)
+    assert [p.name for p in ds.unlabelled] == ["b.png", "c.png"] and len(ds) == 4 and ds.box_counts == [1, 0, 0, 0]
+    assert "unlabelled=2" in repr(ds)
+
+
+def test_unreadable_images_are_skipped_named_and_limited_like_in_pretraining(tmp_path: Path) -> None:
+    root = _yolo_of(tmp_path / "yolo", dict.fromkeys("abcde", BOX), names="names: [cat]\n")
+    (root / "images" / "b.png").write_bytes(b"not an image")
+    (root / "images" / "c.png").write_bytes(b"")
+    with pytest.warns(UnreadableImageWarning) as caught:
+        ds = YoloBoxes(root)
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        f"skipped unreadable file: {root / 'images' / name}" for name in ("b.png", "c.png")]
+    assert [p.name for p in ds.image_paths] == ["a.png", "d.png", "e.png"] and len(ds) == 3
+    assert sorted(Path(p).name for p in ds.skipped) == ["b.png", "c.png"] and "UnidentifiedImageError" in ds.skipped[str(root / "images" / "b.png")]
+    assert ds[1][0].size == (20, 20)  # items follow the readable images
+    with pytest.warns(UnreadableImageWarning), pytest.raises(
+            BoxDataError, match=r"2 unreadable images in a row from .*b\.png' on \(max_consecutive_unreadable=2\): the folder looks broken"):
+        YoloBoxes(root, max_consecutive_unreadable=2)
+    with pytest.raises(ValueError, match="max_consecutive_unreadable must be an integer >= 1, got 0"):
+        YoloBoxes(root, max_consecutive_unreadable=0)
+
+    for name in "ade":
+        (root / "labels" / f"{name}.txt").write_text("")
+    with pytest.warns(UnreadableImageWarning), pytest.raises(
+            BoxDataError, match="has 3 readable images but no boxes: the boxes are all on the 2 images that cannot be decoded"):
+        YoloBoxes(root)
+    for name in "ade":
+        (root / "images" / f"{name}.png").write_bytes(b"\xff\xd8 cut short")
+    with pytest.warns(UnreadableImageWarning), pytest.raises(BoxDataError, match="none of its 5 image files can be decoded"):
+        YoloBoxes(root)
+
+
+def _coco_json(tmp_path: Path, images: list[dict], annotations: list[dict]) -> tuple[Path, Path]:
+    image_dir = tmp_path / "images"
+    _image(image_dir / "a.jpg", 20, 20)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cat"}]}))
+    return path, image_dir
+
+
+def test_coco_file_names_outside_the_image_folder_are_refused_naming_the_entries(tmp_path: Path) -> None:
+    _image(tmp_path / "other" / "secret.jpg", 20, 20)
+    entries = [{"id": i, "file_name": name, "width": 20, "height": 20}
+               for i, name in enumerate(["a.jpg", "../other/secret.jpg", "/etc/hostname", "sub/../a.jpg"], start=1)]
+    path, image_dir = _coco_json(tmp_path, entries, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}])
+    with pytest.raises(BoxDataError, match="outside its image folder") as refused:
+        CocoBoxes(path, image_dir)
+    lines = str(refused.value).splitlines()[1:]
+    assert lines == [f"  {path}:images[1] (id 2): file_name '../other/secret.jpg' leads outside {image_dir}",
+                     f"  {path}:images[2] (id 3): file_name '/etc/hostname' leads outside {image_dir}"]
+    data = json.loads(path.read_text())
+    data["images"] = [entries[0], entries[3]]  # a path that leaves a sub-folder and comes back stays inside
+    (image_dir / "sub").mkdir()
+    path.write_text(json.dumps(data))
+    assert CocoBoxes(path, image_dir).image_ids == [1, 4]
+
+
+def test_coco_without_images_or_boxes_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    entry = {"id": 1, "file_name": "a.jpg", "width": 20, "height": 20}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}
+    cases = [
+        ([], [box], "has no images: its 'images' list is empty"),
+        ([{**entry, "file_name": "b.jpg"}], [box], r"has no images: none of the 1 image files it names is in .*is that the image folder\?"),
+        ([entry], [], "has 1 image but no boxes: it has no 'annotations'"),
+        ([entry], [{**box, "iscrowd": 1}], "no boxes: none of its 1 annotations gives a usable box on a usable image; 1 are crowd"),
+    ]
+    for images, annotations, message in cases:
+        path, image_dir = _coco_json(tmp_path, images, annotations)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LabelWarning)  # the missing file is also an annotation problem
+            with pytest.raises(BoxDataError, match=message):
+                CocoBoxes(path, image_dir)
+
+
+def test_open_box_dataset_refuses_what_cannot_be_split_or_read(tmp_path: Path) -> None:
+    one = _yolo_of(tmp_path / "one", {"a": BOX}, names="names: [cat]\n")
+    assert len(open_box_dataset(one)) == 1
+    with pytest.raises(BoxDataError, match="has 1 usable image: a split into training and held-out images needs at least 2"):
+        open_box_dataset(one, split=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BoxDataError, match="empty holds no images/ folder"):
+        open_box_dataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="nowhere does not exist"):
+        open_box_dataset(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="for YOLO folders"):
+        open_box_dataset("synthetic:4", num_classes=3)
+    assert open_box_dataset(one, num_classes=2).num_classes == 2
+
+
+def test_require_boxes_in_refuses_a_side_of_a_split_without_boxes(tmp_path: Path) -> None:
+    ds = YoloBoxes(_yolo_of(tmp_path / "yolo", {"a": BOX, "b": "", "c": ""}, names="names: [cat]\n"))
+    require_boxes_in(ds, [0, 2], "training")
+    with pytest.raises(BoxDataError, match=r"the 2 held-out images of YoloBoxes\(.*\) hold no boxes"):
+        require_boxes_in(ds, [1, 2], "held-out")
+    with pytest.raises(BoxDataError, match="the held-out side .* has no images"):
+        require_boxes_in(ds, [], "held-out")
+    require_boxes_in(Subset(ds, [0]), [0], "training")  # without box counts the items are read
+    with pytest.raises(BoxDataError):
+        require_boxes_in(Subset(ds, [1, 2]), [0, 1], "training")

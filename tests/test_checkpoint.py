@@ -1,15 +1,16 @@
 import errno
 import os
+import random
 import re
+import socket
 import subprocess
 import sys
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from scrl.train import checkpoint as ckpt
+from scrl.runtime import checkpoint as ckpt
 
 
 def _draws(generator):
@@ -76,7 +77,8 @@ def test_save_is_synced_and_renamed_and_cleans_leftovers(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint_last.pth"
     ckpt.save_checkpoint({"step": 1}, path)
     # A process killed mid-save leaves its temporary file behind; it is never mistaken for a checkpoint.
-    (tmp_path / ".tmp-checkpoint_last.pth.dead").write_bytes(b"torn")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".tmp-checkpoint_last.pth.{socket.gethostname()}.{int(ended.stdout)}.x1").write_bytes(b"torn")
     assert ckpt.latest_checkpoint(tmp_path) == str(path)
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -95,13 +97,24 @@ def test_save_is_synced_and_renamed_and_cleans_leftovers(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["checkpoint_last.pth"]
 
 
+def test_a_save_leaves_the_temporary_files_of_live_writers_alone(tmp_path):
+    # Another process saving into the same folder right now, or one on another host of a shared
+    # file system (whose liveness cannot be checked from here), keeps its temporary file.
+    live = tmp_path / f".tmp-checkpoint_last.pth.{socket.gethostname()}.{os.getpid()}.x2"
+    remote = tmp_path / ".tmp-checkpoint_last.pth.other-node.17.x3"
+    live.write_bytes(b"being written")
+    remote.write_bytes(b"being written elsewhere")
+    ckpt.save_checkpoint({"step": 1}, tmp_path / "checkpoint_last.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint_last.pth", live.name, remote.name])
+
+
 def test_a_failing_write_names_the_path_and_the_cause_and_keeps_the_old_checkpoint(tmp_path):
     """A file-size limit makes the write fail part-way, as a full disk would."""
     path = tmp_path / "checkpoint_last.pth"
     ckpt.save_checkpoint({"step": 1}, path)
     script = (
         "import resource, sys, torch\n"
-        "from scrl.train.checkpoint import save_checkpoint\n"
+        "from scrl.runtime import save_checkpoint\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
         "try:\n"
         f"    save_checkpoint({{'weights': torch.zeros(100_000)}}, {str(path)!r})\n"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scrl.train import distributed
+from scrl.runtime import distributed
 
 
 def test_single_process_without_torchrun_environment(monkeypatch):

@@ -1,3 +1,5 @@
+import pickle
+
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -133,3 +135,65 @@ def test_check_view_size_compares_cpu_geometry_and_only_shapes_elsewhere():
     check_view_size(torch.zeros(2, 3, 40, 32, device="meta"), on_meta)
     with pytest.raises(ValueError, match="batch shape"):
         check_view_size(torch.zeros(3, 3, 32, 40, device="meta"), on_meta)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "crop, size, message",
+    [
+        ([0.0, 0.0, 64.0, 64.0], [-64.0, 64.0], r"size must be positive .* got \[-64.0, 64.0\]"),
+        ([0.0, 0.0, 64.0, 64.0], [64.0, 0.0], r"size must be positive .* got \[64.0, 0.0\]"),
+        ([0.0, 0.0, 64.0, 64.0], [NAN, 64.0], r"size must be finite, got \[nan, 64.0\]"),
+        ([0.0, 0.0, 64.0, 64.0], [64.0, INF], r"size must be finite, got \[64.0, inf\]"),
+        ([0.0, NAN, 64.0, 64.0], [64.0, 64.0], r"crop must be finite, got \[0.0, nan, 64.0, 64.0\]"),
+        ([-INF, 0.0, 64.0, 64.0], [64.0, 64.0], r"crop must be finite, got \[-inf, 0.0, 64.0, 64.0\]"),
+        ([0.0, 0.0, 64.0, INF], [64.0, 64.0], r"crop must be finite"),
+        ([64.0, 0.0, 0.0, 64.0], [64.0, 64.0], r"crop must have x0 < x1 and y0 < y1 .* got \[64.0, 0.0, 0.0, 64.0\]"),
+        ([0.0, 64.0, 64.0, 0.0], [64.0, 64.0], r"crop must have x0 < x1 and y0 < y1"),
+        ([10.0, 0.0, 10.0, 64.0], [64.0, 64.0], r"crop must have x0 < x1 and y0 < y1"),  # empty
+    ],
+)
+def test_values_that_describe_no_view_are_refused_naming_the_field(crop, size, message):
+    crop, size = torch.tensor(crop, dtype=torch.float64), torch.tensor(size, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        ViewGeometry(crop, torch.tensor(False), size)
+    # In a batch, behind a valid view, the error shows the offending one.
+    good = ViewGeometry.full(64, 64)
+    with pytest.raises(ValueError, match=message):
+        ViewGeometry(torch.stack([good.crop, crop]), torch.zeros(2, dtype=torch.bool), torch.stack([good.size, size]))
+
+
+def test_composition_collate_and_replace_refuse_what_describes_no_view():
+    geom = ViewGeometry.full(100, 80)
+    with pytest.raises(ValueError, match="size must be positive"):
+        geom.resize(-64, 64)
+    for empty_or_inverted in ([20.0, 10.0, 20.0, 50.0], [50.0, 10.0, 20.0, 50.0]):  # the box sets the size
+        with pytest.raises(ValueError, match=r"size must be positive .* got \[40.0, (0.0|-30.0)\]"):
+            geom.crop_to(empty_or_inverted)
+    batch = default_collate([geom.resize(32, 32), geom.hflip().resize(32, 32)])
+    with pytest.raises(ValueError, match="size must be positive"):
+        batch._replace(size=-batch.size)
+    unchecked = ViewGeometry._rewrap(torch.full((4,), NAN, dtype=torch.float64), geom.flipped, geom.size)
+    with pytest.raises(ValueError, match="crop must be finite"):
+        default_collate([geom, unchecked])
+
+
+def test_casting_checks_the_values_again():
+    wide = ViewGeometry.full(1e5, 10)
+    assert wide.to(dtype=torch.float32).crop[2].item() == 1e5
+    with pytest.raises(ValueError, match=r"crop must be finite, got \[0.0, 0.0, inf, 10.0\]"):
+        wide.to(dtype=torch.float16)  # 1e5 overflows float16
+
+
+def test_values_are_read_only_on_the_cpu_and_moves_and_pickles_keep_them():
+    # Meta tensors have no values: any read would raise. A geometry off the CPU is not read, so
+    # an accelerator never waits for the check.
+    meta = dict(device="meta")
+    on_meta = ViewGeometry(torch.zeros(3, 4, **meta), torch.zeros(3, dtype=torch.bool, **meta), torch.zeros(3, 2, **meta))
+    assert on_meta.crop.is_meta and on_meta.to(dtype=torch.float64).crop.dtype == torch.float64
+    assert ViewGeometry.full(64, 48).to("meta").hflip().flipped.is_meta
+    geom = default_collate([random_geometry(torch.Generator().manual_seed(i)) for i in range(3)])
+    restored = pickle.loads(pickle.dumps(geom))
+    assert isinstance(restored, ViewGeometry) and all(torch.equal(a, b) for a, b in zip(restored, geom))

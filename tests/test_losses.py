@@ -100,3 +100,57 @@ def test_bad_shapes_are_rejected():
         scrl_loss(q, q, q, q, torch.ones(3))
     with pytest.raises(ValueError, match="q1, z2, q2, z1"):
         byol_loss(q, q, q, torch.randn(3, 5))
+
+
+@pytest.mark.parametrize("junk", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", range(4))
+def test_nothing_in_an_invalid_row_reaches_the_loss_or_its_gradient(junk, where):
+    torch.manual_seed(6)
+    clean = torch.randn(4, 5, 8).unbind(0)
+    valid = torch.tensor([True, False, True, True, False])
+    dirty = [t.clone() for t in clean]
+    dirty[where][1, 3] = junk  # one coordinate of an invalid row of q1, z2, q2 or z1
+    dirty[where][4] = junk  # and a whole one
+    rows = [t.requires_grad_() for t in dirty]
+    loss = scrl_loss(*rows, valid)
+    kept = [t[valid].requires_grad_() for t in clean]
+    reference = scrl_loss(*kept, None)
+    torch.testing.assert_close(loss, reference)
+    grads = torch.autograd.grad(loss, [rows[0], rows[2]])
+    kept_grads = torch.autograd.grad(reference, [kept[0], kept[2]])
+    for grad, kept_grad in zip(grads, kept_grads):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad[valid], kept_grad)
+        assert torch.equal(grad[~valid], torch.zeros(2, 8))
+
+
+def _online_rows(m: int) -> tuple[nn.Linear, torch.Tensor]:
+    torch.manual_seed(7)
+    online = nn.Linear(8, 4)
+    return online, online(torch.randn(m, 8))
+
+
+def _assert_zero_with_zero_gradients(loss: torch.Tensor, online: nn.Module) -> None:
+    assert loss.dtype == torch.float32 and loss.shape == () and loss.item() == 0.0
+    loss.backward()
+    for name, p in online.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
+
+
+def test_no_valid_pair_gives_zero_even_when_the_rows_hold_nan():
+    online, q = _online_rows(6)
+    q = torch.where(torch.arange(6)[:, None] == 2, float("nan"), q)
+    z = torch.full((6, 4), float("nan"))
+    _assert_zero_with_zero_gradients(scrl_loss(q[:3], z[3:], q[3:], z[:3], torch.zeros(3, dtype=torch.bool)), online)
+
+
+@pytest.mark.parametrize("valid", [None, torch.zeros(0, dtype=torch.bool)])
+def test_no_row_at_all_gives_zero_connected_to_the_inputs(valid):
+    online, q = _online_rows(0)
+    z = torch.randn(0, 4)
+    _assert_zero_with_zero_gradients(scrl_loss(q, z, q, z, valid), online)
+
+
+def test_byol_loss_of_no_image_is_zero_not_nan():
+    online, q = _online_rows(0)
+    _assert_zero_with_zero_gradients(byol_loss(q, torch.randn(0, 4), q, torch.randn(0, 4)), online)

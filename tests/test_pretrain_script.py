@@ -14,7 +14,7 @@ import torch
 
 from scrl.data import SyntheticScenes
 from scrl.train import PretrainConfig, Pretrainer
-from scrl.train.checkpoint import load_checkpoint
+from scrl.runtime import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "pretrain_imagenet.py"

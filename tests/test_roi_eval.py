@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from scrl.data import SyntheticScenes
+from scrl.data import BoxDataError, SyntheticScenes
 from scrl.eval import (
     adapted_trunk,
     cross_view_retrieval,
@@ -52,6 +52,21 @@ def test_informative_trunk_beats_constant_features_on_synthetic_scenes() -> None
     assert informative.linear_top1 > 2 * informative.chance
     assert informative.knn_top1 > constant.knn_top1
     assert abs(informative.chance - 100 / 18) < 1e-9 and len(informative.linear_runs) == 2
+
+
+class NotToBeRun(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the trunk ran on a split that has no boxes on one side")
+
+
+def test_a_side_without_boxes_is_refused_before_the_trunk_runs() -> None:
+    scenes = SyntheticScenes(4, image_size=32)
+    background = [(image, boxes[:0], labels[:0]) for image, boxes, labels in (scenes[0], scenes[1])]
+    trunk = Trunk(NotToBeRun(), stride=8, channels=8, cell_offset=4.0)
+    with pytest.raises(BoxDataError, match="the 2 held-out images of .* hold no boxes"):
+        roi_linear_eval(trunk, scenes, background, image_size=32)
+    with pytest.raises(BoxDataError, match="the 2 training images"):
+        roi_linear_eval(trunk, background, scenes, image_size=32)
 
 
 def test_split_is_by_image_and_features_follow_it() -> None:

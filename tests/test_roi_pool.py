@@ -128,3 +128,41 @@ def test_argument_checks_and_repr():
             RoIPairPool(**kwargs)
     assert repr(RoIPairPool(16, aligned=False)) == "RoIPairPool(stride=16, output_size=1, sampling_ratio=-1, aligned=False)"
     assert repr(RoIPairPool(16, cell_offset=8)) == "RoIPairPool(stride=16, output_size=1, sampling_ratio=-1, cell_offset=8.0)"
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_integer_feature_maps_are_refused_naming_the_argument(dtype):
+    maps = torch.ones(1, 3, 4, 4).to(dtype)
+    floats = torch.ones(1, 3, 4, 4)
+    pairs = BoxPairs(BOXES1[:1], BOXES1[:1], torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=f"feature_map must have a floating dtype .*got {dtype}"):
+        pool_boxes(maps, BOXES1[:1])
+    with pytest.raises(ValueError, match=f"map1 must have a floating dtype .*got {dtype}"):
+        roi_pair_pool(maps, floats, pairs)
+    with pytest.raises(ValueError, match=f"map2 must have a floating dtype .*got {dtype}"):
+        RoIPairPool(STRIDE)(floats, maps, pairs)
+
+
+@pytest.mark.parametrize("junk", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_boxes_are_refused_naming_them(junk):
+    maps = coordinate_map(2, 4, 4)
+    bad = BOXES1.clone()
+    bad[1, 0, 2] = junk
+    with pytest.raises(ValueError, match=r"boxes must hold finite .* at flattened box 2"):
+        pool_boxes(maps, bad, spatial_scale=1 / STRIDE)
+    with pytest.raises(ValueError, match=r"boxes\[1\] must hold finite .* at flattened box 0"):
+        pool_boxes(maps, list(bad), spatial_scale=1 / STRIDE)
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"pairs.boxes2 must hold finite"):
+        roi_pair_pool(maps, maps, BoxPairs(BOXES1, bad, valid))
+    with pytest.raises(ValueError, match=r"pairs.boxes1 must hold finite"):
+        RoIPairPool(STRIDE)(maps, maps, BoxPairs(bad, BOXES1, valid))
+
+
+def test_boxes_off_the_cpu_are_not_read():
+    # Meta tensors have no values, so any read would raise: boxes on an accelerator cost no sync.
+    maps = torch.empty(2, 4, 3, 3, device="meta")
+    boxes = torch.empty(2, 3, 4, device="meta")
+    p1, p2, valid = RoIPairPool(STRIDE)(maps, maps, BoxPairs(boxes, boxes, torch.empty(2, 3, dtype=torch.bool, device="meta")))
+    assert p1.shape == p2.shape == (6, 4) and valid.shape == (6,) and p1.is_meta
+    assert pool_boxes(maps, boxes).shape == (6, 4)

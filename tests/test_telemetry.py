@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,3 +53,15 @@ def test_disabled_logger_writes_nothing(tmp_path):
     logger.log({"step": 1})
     logger.close()
     assert not (tmp_path / "rank1").exists()
+
+
+def test_missing_tensorboard_is_said_once_per_process(tmp_path):
+    code = (
+        "import sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
+        "from scrl.train import MetricsLogger\n"
+        f"for name in 'ab': MetricsLogger({str(tmp_path)!r} + '/' + name).close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("TensorBoard is not installed (pip install tensorboard): metrics go to metrics.jsonl only") == 1
+    assert (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "a" / "tensorboard").exists()

@@ -18,8 +18,8 @@ from PIL import Image
 import scrl
 from scrl.data import SyntheticScenes, TwoViewDataset
 from scrl.train import PRESETS, PretrainConfig, Pretrainer, build_dataset, build_model, pretrainer
-from scrl.train.checkpoint import load_checkpoint
-from scrl.train.schedule import cosine_tau, warmup_cosine_factor
+from scrl.runtime import load_checkpoint
+from scrl.schedule import cosine_tau, warmup_cosine_factor
 
 # resnet18 on 64-px views, 4 images per step, 2 steps per epoch, small heads.
 TINY = dict(
@@ -395,12 +395,27 @@ def test_folder_with_corrupt_files_trains_and_reports_them(tmp_path, capsys, dec
     assert str(truncated) in printed.out and str(text) in printed.out
     records = [r for r in metrics(out) if "loss" in r]
     assert records[-1]["skipped_files"] == 2
-    assert sorted(p for r in records for p in r["new_skipped_files"]) == sorted([str(truncated), str(text)])
+    named = [path for r in metrics(out) if r.get("event") == "skipped_files" for path in r["files"]]
+    assert sorted(named) == sorted([str(truncated), str(text)])
     assert sorted(checkpoint(out)["skipped_files"]) == sorted([str(truncated), str(text)])
     # Each file once per run, with its reason, though two workers met it (and met it again in epoch 2).
     lines = [line for line in printed.out.splitlines() if line.startswith("skipped unreadable file")]
     assert sorted(lines) == sorted(f"skipped unreadable file: {p} ({checkpoint(out)['skipped_files'][p]})" for p in (str(truncated), str(text)))
     assert "skipp" not in printed.err
+
+
+def test_unreadable_files_are_named_at_any_log_cadence_with_workers(tmp_path, capsys):
+    # Met by a worker between two log steps, named at the checkpoint that comes first.
+    data = tmp_path / "data"
+    (data / "class_a").mkdir(parents=True)
+    (data / "class_b").mkdir()
+    broken = sorted(str(path) for path in _write_folder(data))
+    out = tmp_path / "run"
+    run(out, data=str(data), synthetic_images=None, epochs=2, workers=1, log_every=10)
+    printed = capsys.readouterr().out
+    assert sorted(line.split(": ", 1)[1].split(" (")[0] for line in printed.splitlines() if line.startswith("skipped unreadable")) == broken
+    events = [r for r in metrics(out) if r.get("event") == "skipped_files"]
+    assert sorted(path for r in events for path in r["files"]) == broken and all(r["files"][p] for r in events for p in r["files"])
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
@@ -517,7 +532,7 @@ def test_overwrite_starts_a_new_run_with_other_settings_and_moves_the_old_one_as
 @pytest.mark.parametrize("settings", [dict(resume="none"), dict(resume="auto")])
 def test_a_new_run_is_refused_in_a_folder_that_holds_another(two_steps, tmp_path, settings):
     out = copy_of(two_steps, tmp_path)
-    if settings["resume"] == "auto":  # a run that never got to its first checkpoint
+    if settings["resume"] == "auto":  # a finished run's backbone stays a run to keep, checkpoint or not
         (out / "checkpoint_last.pth").unlink()
     with pytest.raises(ValueError, match=rf"output_dir='{out}' holds another run \(.*metrics.jsonl.*\).*overwrite=True"):
         run(out, **settings)

@@ -66,10 +66,16 @@ def coco_json(root: Path, count: int) -> tuple[Path, int]:
 
 
 TINY = ["--budget", "smoke", "--steps", "2", "--batch-size", "4", "--image-size", "64", "--det-iters", "2"]
+DURATION = r"(\d+ s|\d+\.\d min)"
+PHASE_LINE = re.compile(rf"^\[\d+/\d+ \| {DURATION} so far \| ETA (unknown|(> )?{DURATION})\] ")
 
 
-def check_result(out: dict, printed: list[str], seeds: int, eval_images: int, num_classes: int, plot_dir: Path) -> None:
-    assert json.loads(printed[-1]) == json.loads(json.dumps(out))
+class Killed(Exception):
+    """Stands for the end of a killed run."""
+
+
+def check_result(out: dict, printed: list[str], seeds: int, eval_images: int, num_classes: int, output_dir: Path) -> None:
+    assert json.loads(printed[-1]) == json.loads(json.dumps(out)) == json.loads((output_dir / "transfer_smoke.json").read_text())
     assert out["eval_images"] == eval_images and out["num_classes"] == num_classes
     assert out["reference"]["chance"] == pytest.approx(100 / num_classes)
     assert out["reference"]["test_images"] == eval_images // 2
@@ -87,7 +93,11 @@ def check_result(out: dict, printed: list[str], seeds: int, eval_images: int, nu
         assert c["difference"] == pytest.approx(scrl[key] - byol[key])
         assert c["spread"] == pytest.approx(math.hypot(scrl[f"{key}_std"], byol[f"{key}_std"]))
         assert c["exceeds_spread"] == (c["spread"] > 0 and abs(c["difference"]) > c["spread"])
-    assert (plot_dir / "transfer_smoke.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib"):
+        assert (output_dir / "transfer_smoke.png").stat().st_size > 0
+        assert Path(out["figure"]).resolve() == (output_dir / "transfer_smoke.png").resolve()
+    else:
+        assert "figure" not in out and any(line.startswith("figure not drawn") for line in printed)
     assert any(line.startswith("| RoI linear top-1 (%)") for line in printed)
     assert out["command"].startswith("python benchmarks/transfer.py --budget smoke")
 
@@ -100,17 +110,25 @@ def test_transfer_benchmark_on_a_yolo_folder_and_a_coco_json(tmp_path: Path, cap
     photos.mkdir()
     for image in coco128_images(12):
         (photos / image.name).symlink_to(image)
-    common = TINY + ["--pretrain-data", str(photos), "--output-dir", str(tmp_path / "runs"), "--plot-dir", str(tmp_path), "--json"]
+    runs = tmp_path / "runs"
+    common = TINY + ["--pretrain-data", str(photos), "--output-dir", str(runs), "--json"]
+    docs_figure = transfer.ROOT / "docs" / "figures" / "transfer_smoke.png"
+    docs_figure_before = docs_figure.read_bytes() if docs_figure.exists() else None
 
     out = transfer.main(common + ["--eval-data", str(yolo_folder(tmp_path / "yolo", 8)), "--seeds", "2"])
-    check_result(out, capsys.readouterr().out.strip().splitlines(), seeds=2, eval_images=8, num_classes=80, plot_dir=tmp_path)
+    printed = capsys.readouterr().out.strip().splitlines()
+    check_result(out, printed, seeds=2, eval_images=8, num_classes=80, output_dir=runs)
     assert out["pretrain_images"] == 12
+    assert (docs_figure.read_bytes() if docs_figure.exists() else None) == docs_figure_before
+    phases = [line for line in printed if PHASE_LINE.match(line)]
+    assert len(phases) == 2 + 3 * 2 * 2  # pretraining of 2 methods, then RoI measures and detection of 3 trunks x 2 seeds
+    assert "ETA unknown" in phases[0] and all(re.search(rf"ETA {DURATION}\]", line) for line in phases[-6:])
 
     annotations, num_classes = coco_json(tmp_path / "coco", 6)
     out = transfer.main(common + ["--eval-data", str(annotations), "--eval-image-dir", str(tmp_path / "coco" / "yolo" / "images"),
                                   "--seeds", "1"])
     check_result(out, capsys.readouterr().out.strip().splitlines(), seeds=1, eval_images=6, num_classes=num_classes,
-                 plot_dir=tmp_path)
+                 output_dir=runs)
     assert out["comparison"]["roi_knn"]["verdict"] == "no spread to judge by"  # one seed: one k-NN value each
 
 
@@ -135,3 +153,101 @@ def test_transfer_benchmark_says_which_data_path_is_missing(tmp_path: Path) -> N
     pytest.importorskip("pycocotools")
     with pytest.raises(SystemExit, match=r"--eval-data .*nowhere does not exist"):
         load_benchmark().main(["--pretrain-data", str(tmp_path), "--eval-data", str(tmp_path / "nowhere")])
+
+
+def photo_folder(root: Path, count: int) -> Path:
+    root.mkdir()
+    for image in coco128_images(count):
+        (root / image.name).symlink_to(image)
+    return root
+
+
+def test_transfer_benchmark_writes_under_its_output_dir_by_default() -> None:
+    transfer = load_benchmark()
+    args, _ = transfer.parse_args([])
+    output_dir = Path(args.output_dir).resolve()
+    assert args.plot_dir is None  # the figure goes where the JSON goes
+    assert not output_dir.is_relative_to(transfer.ROOT / "docs")
+
+
+def test_progress_lines_give_the_time_so_far_and_an_eta_from_finished_phases(capsys: pytest.CaptureFixture) -> None:
+    transfer = load_benchmark()
+    now = [0.0]
+    progress = transfer.Progress(["pretraining", "roi", "roi", "pretraining"], clock=lambda: now[0])
+    for kind, seconds in [("pretraining", 100), ("roi", 10), ("roi", 20), ("pretraining", 80)]:
+        with progress.phase(kind, f"a {kind} phase"):
+            now[0] += seconds
+    with pytest.raises(ValueError, match="not the one planned next"):
+        with progress.phase("roi", "an unplanned phase"):
+            pass
+    assert capsys.readouterr().out.splitlines() == [
+        "[1/4 | 0 s so far | ETA unknown] a pretraining phase",
+        "[2/4 | 100 s so far | ETA > 100 s] a roi phase",  # no roi phase has finished yet
+        "[3/4 | 110 s so far | ETA 110 s] a roi phase",
+        "[4/4 | 2.2 min so far | ETA 100 s] a pretraining phase",
+    ]
+    assert progress.elapsed() == 210
+
+
+def test_resume_refuses_a_partial_json_of_other_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("pycocotools")
+    transfer = load_benchmark()
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(transfer, "pretrained_trunks", killed)  # killed as pretraining begins
+    common = TINY + ["--pretrain-data", str(photo_folder(tmp_path / "photos", 6)),
+                     "--eval-data", str(yolo_folder(tmp_path / "yolo", 4)), "--output-dir", str(tmp_path / "runs")]
+    with pytest.raises(Killed):
+        transfer.main(common)
+    assert json.loads((tmp_path / "runs" / "transfer_smoke_partial.json").read_text())["per_seed"] == {
+        "random": [], "byol": [], "scrl": []}
+    with pytest.raises(SystemExit, match=r"was made with other settings \(settings\.steps: 2 there, 3 here\)"):
+        transfer.main(common + ["--steps", "3", "--resume"])
+    with pytest.raises(Killed):  # the same settings resume; without --resume other settings start afresh
+        transfer.main(common + ["--resume"])
+    with pytest.raises(Killed):
+        transfer.main(common + ["--steps", "3"])
+    assert "holds an earlier run: starting afresh" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_resume_measures_only_the_rows_a_killed_run_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("pycocotools")
+    transfer = load_benchmark()
+    detection_row = transfer.detection_row
+    calls = []
+
+    def killed_at_the_second(*args: object, **kwargs: object) -> dict:
+        calls.append(args)
+        if len(calls) == 2:
+            raise Killed
+        return detection_row(*args, **kwargs)
+
+    runs = tmp_path / "runs"
+    common = TINY + ["--pretrain-data", str(photo_folder(tmp_path / "photos", 6)), "--eval-data",
+                     str(yolo_folder(tmp_path / "yolo", 4)), "--seeds", "1", "--output-dir", str(runs), "--json"]
+    monkeypatch.setattr(transfer, "detection_row", killed_at_the_second)
+    with pytest.raises(Killed):  # in the detection phase of byol, the second trunk
+        transfer.main(common)
+    partial = json.loads((runs / "transfer_smoke_partial.json").read_text())
+    assert set(partial["pretraining"]) == {"scrl", "byol"}
+    assert [len(partial["per_seed"][m]) for m in ("random", "byol", "scrl")] == [1, 0, 0]
+    capsys.readouterr()
+
+    monkeypatch.setattr(transfer, "detection_row", detection_row)
+    out = transfer.main(common + ["--resume"])
+    printed = capsys.readouterr().out.splitlines()
+    phases = [line for line in printed if PHASE_LINE.match(line)]
+    assert [line.split("] ")[1] for line in phases] == [
+        "byol seed 0: RoI measures", "byol seed 0: detection fine-tuning (2 iterations), box AP",
+        "scrl seed 0: RoI measures", "scrl seed 0: detection fine-tuning (2 iterations), box AP",
+    ]  # no pretraining, no random row
+    assert out["methods"]["random"]["per_seed"] == partial["per_seed"]["random"]
+    for method in ("scrl", "byol"):
+        assert {k: out["methods"][method][k] for k in partial["pretraining"][method]} == partial["pretraining"][method]
+    assert out["total_seconds"] > partial["seconds"] > 0  # the killed run's finished rows count too
+    assert json.loads(printed[-1]) == json.loads((runs / "transfer_smoke.json").read_text())

@@ -1,10 +1,13 @@
-"""End to end on tiny inputs: export, RoI linear evaluation and detection fine-tuning scripts."""
+"""End to end on tiny inputs: export, RoI linear evaluation and detection fine-tuning scripts, and the data they refuse."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
+import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -194,3 +197,124 @@ def test_a_timm_trunk_pretrains_exports_and_evaluates(tmp_path: Path) -> None:
     scores = evaluate.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--data", "synthetic:8", "--image-size", "64",
                             "--epochs", "2", "--seeds", "1", "--workers", "0", "--batch-size", "4"])
     assert scores["arch"] == "timm:regnety_002"
+
+
+
+def run_script(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``examples/NAME.py ARGS`` (or ``benchmarks/NAME.py``) in a fresh interpreter started in ``cwd``, as a user runs it."""
+    script = EXAMPLES / f"{name}.py" if (EXAMPLES / f"{name}.py").is_file() else EXAMPLES.parent / "benchmarks" / f"{name}.py"
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+# The cheapest settings of each script: a random ResNet-18 on 64-pixel images, on the CPU.
+QUICK = {
+    "roi_linear_eval": ["--checkpoint", "random", "--arch", "resnet18", "--image-size", "64", "--epochs", "2", "--seeds", "1",
+                        "--workers", "0", "--batch-size", "4", "--device", "cpu"],
+    "finetune_detection": ["--weights", "random", "--arch", "resnet18", "--iters", "1", "--batch-size", "2", "--min-size", "64",
+                           "--max-size", "64", "--rois-per-image", "16", "--proposals", "32", "--workers", "0",
+                           "--device", "cpu", "--eval", "none"],
+}
+
+
+def _refused(done: subprocess.CompletedProcess, message: str) -> None:
+    """The run stopped on bad input: exit 2, ``message`` on the last line, no traceback."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and message in done.stderr.splitlines()[-1], done.stderr
+
+
+@pytest.mark.parametrize("script", sorted(QUICK))
+def test_scripts_refuse_a_yolo_folder_whose_label_files_are_all_empty(script: str, tmp_path: Path) -> None:
+    root = _yolo_folder(tmp_path / "yolo")
+    for label in (root / "labels").iterdir():
+        label.write_text("")
+    done = run_script(script, tmp_path, *QUICK[script], "--data", str(root))
+    _refused(done, f"{root} has 6 images but no boxes: every label file is empty")
+
+
+def _unusable(kind: str, root: Path) -> tuple[list[str], str]:
+    """Data the scripts must refuse: ``(the flags naming it, what the error says)``."""
+    if kind == "empty folder":
+        root.mkdir()
+        return ["--data", str(root)], f"{root} holds no images/ folder"
+    if kind == "empty COCO file":
+        (root / "images").mkdir(parents=True)
+        (root / "instances.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+        return ["--data", str(root / "instances.json"), "--image-dir", str(root / "images")], "has no images: its 'images' list is empty"
+    yolo = _yolo_folder(root)
+    if kind == "only unreadable images":
+        for image in (yolo / "images").iterdir():
+            image.write_bytes(b"")
+        return ["--data", str(yolo)], f"{yolo} has no readable images: none of its 6 image files can be decoded"
+    if kind == "a run of unreadable images":
+        (yolo / "images" / "2.png").write_bytes(b"GIF89a cut short")
+        return ["--data", str(yolo), "--max-consecutive-unreadable", "1"], (
+            f"1 unreadable images in a row from '{yolo / 'images' / '2.png'}' on (max_consecutive_unreadable=1)")
+    if kind == "one image":
+        for i in range(1, 6):
+            (yolo / "images" / f"{i}.png").unlink()
+            (yolo / "labels" / f"{i}.txt").unlink()
+        return ["--data", str(yolo)], "has 1 usable image: a split into training and held-out images needs at least 2"
+    coco = _coco_file(root / "coco")
+    data = json.loads(coco.read_text())
+    data["images"][3]["file_name"] = "../../secret.jpg"
+    coco.write_text(json.dumps(data))
+    return ["--data", str(coco)], f"{coco}:images[3] (id 4): file_name '../../secret.jpg' leads outside"
+
+
+@pytest.mark.parametrize("script, kind", [
+    ("roi_linear_eval", "empty folder"), ("finetune_detection", "empty COCO file"),
+    ("finetune_detection", "only unreadable images"), ("roi_linear_eval", "a run of unreadable images"),
+    ("finetune_detection", "one image"), ("roi_linear_eval", "a COCO file name outside the image folder"),
+])
+def test_scripts_refuse_unusable_data_naming_the_problem(script: str, kind: str, tmp_path: Path) -> None:
+    flags, message = _unusable(kind, tmp_path / "data")
+    _refused(run_script(script, tmp_path, *QUICK[script], *flags), message)
+
+
+def _imperfect_yolo_folder(root: Path) -> Path:
+    """Eight scenes without a names file: one image unreadable, one without a label file."""
+    _yolo_folder(root, count=8)
+    (root / "classes.txt").unlink()
+    (root / "images" / "3.png").write_bytes(b"\x89PNG cut short")
+    (root / "labels" / "5.txt").unlink()
+    return root
+
+
+def test_roi_linear_eval_skips_unreadable_images_and_says_what_it_assumed(tmp_path: Path) -> None:
+    root = _imperfect_yolo_folder(tmp_path / "yolo")
+    done = run_script("roi_linear_eval", tmp_path, *QUICK["roi_linear_eval"], "--data", str(root), "--json")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped unreadable file: {root / 'images' / '3.png'} (" in done.stderr
+    assert f"1 of 8 images have no label file (e.g. {root / 'labels' / '5.txt'})" in done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    guessed = re.search(r"guessed from the labels: largest class id \+ 1 = (\d+);", done.stderr)
+    assert guessed and result["num_classes"] == int(guessed[1])
+    assert result["train_images"] + result["test_images"] == 7
+
+    done = run_script("roi_linear_eval", tmp_path, *QUICK["roi_linear_eval"], "--data", str(root), "--num-classes", "30", "--json")
+    assert done.returncode == 0 and "no class names found" not in done.stderr, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["num_classes"] == 30
+
+
+def test_finetune_detection_skips_unreadable_images_and_takes_names_from_a_file(tmp_path: Path) -> None:
+    root = _imperfect_yolo_folder(tmp_path / "yolo")
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(SyntheticScenes(1).class_names) + "\n")
+    done = run_script("finetune_detection", tmp_path, *QUICK["finetune_detection"], "--data", str(root), "--names", str(names))
+    assert done.returncode == 0, done.stderr
+    assert f"skipped unreadable file: {root / 'images' / '3.png'} (" in done.stderr and "no class names found" not in done.stderr
+    assert "6 training images, 18 classes" in done.stdout  # 7 readable images, one of them held out
+    assert (tmp_path / "runs" / "detection" / "detector_final.pth").is_file()
+
+
+def test_transfer_benchmark_refuses_a_split_without_boxes_on_one_side_before_pretraining(tmp_path: Path) -> None:
+    root = _yolo_folder(tmp_path / "yolo", count=4)
+    for i in range(1, 4):
+        (root / "labels" / f"{i}.txt").write_text("")  # the boxes of one image cannot be on both sides
+    photos = _yolo_folder(tmp_path / "photos", count=4) / "images"
+    done = run_script("transfer", tmp_path, "--eval-data", str(root), "--pretrain-data", str(photos),
+                      "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert re.fullmatch(r"error: the 2 (training|held-out) images of YoloBoxes\(.*\) hold no boxes: .*", done.stderr.strip())
+    assert not list((tmp_path / "out").rglob("*.pth"))  # refused before any pretraining

@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from scrl import TwoViewTransform, ViewGeometry
+from scrl.data import to_rgb
 from scrl.transforms import (
     GaussianBlur,
     RandomHorizontalFlip,
@@ -25,7 +26,6 @@ from scrl.transforms import (
     byol_view,
     normalize_images,
     random_resized_crop_params,
-    to_rgb,
 )
 
 

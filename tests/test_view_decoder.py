@@ -15,6 +15,7 @@ import torch
 import torchvision.transforms.functional as F
 from PIL import Image
 from test_pixel_oracle import assert_every_pixel_shows_its_source_point, coordinate_image, decode, to_source
+from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode
 
 from scrl import BoxPairSampler, ViewGeometry
@@ -28,7 +29,7 @@ from scrl.data import (
     collate_two_views,
     read_encoded,
 )
-from scrl.transforms import TwoViewCrops, TwoViewTransform, ViewDecoder, byol_view, resample_crops
+from scrl.transforms import DamagedImageWarning, TwoViewCrops, TwoViewTransform, ViewDecoder, byol_view, resample_crops
 
 IMAGENET_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 FILTERS = [InterpolationMode.BILINEAR, InterpolationMode.BICUBIC]
@@ -321,3 +322,15 @@ def test_cuda_views_match_the_cpu_views(tmp_path):
     for gpu, cpu in ((on_gpu.view1, on_cpu.view1), (on_gpu.view2, on_cpu.view2)):
         mean, _ = level_difference(gpu.cpu(), cpu)
         assert mean < 1.0  # nvJPEG's inverse DCT and upsampling differ from libjpeg-turbo's by a level here and there
+
+
+def test_libjpegs_complaint_about_a_damaged_file_names_that_file(capfd):
+    whole = jpeg_bytes(photo_like(seed=1))
+    damaged = whole[: len(whole) // 2] + b"\xff\xd9"  # cut short, end marker kept: libjpeg decodes it, complaining
+    images = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in (whole, damaged, whole)]
+    geom = default_collate([ViewGeometry.full(150, 110)] * 3)
+    with pytest.warns(DamagedImageWarning) as caught:
+        views = ViewDecoder((110, 150))(images, geom, geom, ["good.jpg", "cut.jpg", "also-good.jpg"])
+    assert [str(w.message) for w in caught] == ["cut.jpg: Corrupt JPEG data: premature end of data segment (decoded anyway)"]
+    assert views.skipped == {} and views.view1.shape == (3, 3, 110, 150)
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # said once, with its file, and not also bare

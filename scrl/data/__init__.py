@@ -1,6 +1,7 @@
-"""Datasets: image folders for pretraining, synthetic scenes, and object-box datasets for evaluation
+"""Datasets: image files read as RGB, image folders for pretraining, synthetic scenes, and object-box datasets for evaluation
 (with their square-resized form and the resize/mirror of an image together with its boxes)."""
 
+from .box_checks import BoxDataError, UnreadableImageWarning, require_boxes_in
 from .box_warp import hflip_with_boxes, resize_with_boxes
 from .coco import CocoBoxes
 from .encoded_image import EncodedImage, read_encoded, read_for_device
@@ -8,6 +9,7 @@ from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from .label_problems import LabelProblem, LabelWarning
 from .loader import two_view_loader
 from .open_boxes import HELD_OUT_SEED, open_box_dataset
+from .rgb import to_rgb
 from .sampler import ResumableSampler
 from .square_boxes import SquareBoxes, collate_square_boxes, square_box_loader
 from .synthetic import SyntheticScenes
@@ -20,9 +22,10 @@ from .two_view import (
     collate_two_views,
     mix_seed,
 )
-from .yolo import YoloBoxes
+from .yolo import YoloBoxes, read_class_names
 
 __all__ = [
+    "BoxDataError",
     "CocoBoxes",
     "collate_square_boxes",
     "collate_two_views",
@@ -37,16 +40,20 @@ __all__ = [
     "LabelWarning",
     "mix_seed",
     "open_box_dataset",
+    "read_class_names",
     "read_encoded",
     "read_for_device",
+    "require_boxes_in",
     "resize_with_boxes",
     "ResumableSampler",
     "square_box_loader",
     "SquareBoxes",
     "SyntheticScenes",
     "two_view_loader",
+    "to_rgb",
     "TwoViewBatch",
     "TwoViewDataset",
     "TwoViewItem",
+    "UnreadableImageWarning",
     "YoloBoxes",
 ]

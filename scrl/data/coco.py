@@ -13,8 +13,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
+from .box_checks import BoxDataError, usable_images
 from .image_file import open_rgb
-from .label_problems import LabelProblem, fit_box, report_problems
+from .image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
+from .label_problems import LabelProblem, fit_box, listed, report_problems
 
 __all__ = ["CocoBoxes"]
 
@@ -39,7 +41,10 @@ class CocoBoxes(Dataset):
     ``annotations[17] (id 905)``). With ``strict=False`` (default) bad entries are skipped
     (boxes reaching outside the image are clipped, images without a file are left out) and
     one :class:`~scrl.data.LabelWarning` summarises them; ``strict=True`` raises a
-    ``ValueError`` listing them all.
+    ``ValueError`` listing them all. A ``file_name`` that leads outside ``image_dir`` (``../x.jpg``,
+    an absolute path) is never read: the file is refused with a :class:`~scrl.data.BoxDataError`
+    naming the entries. Then every image is decoded once: unreadable ones are left out and
+    reported (:attr:`skipped`; :mod:`scrl.data.box_checks` has the rule).
 
     Items: ``ds[i] -> (image, boxes, labels)``: a ``PIL.Image`` in RGB, boxes float32
     ``[M, 4]`` ``(x0, y0, x1, y1)`` in source pixels, labels int64 ``[M]``.
@@ -49,7 +54,14 @@ class CocoBoxes(Dataset):
         image_dir: folder the ``file_name`` entries are relative to.
         include_crowd: keep crowd annotations as boxes.
         tolerance: overshoot outside the image (pixels) clipped without a report; >= 0.
-        strict: raise on any problem instead of warning.
+        strict: raise on any annotation problem instead of warning.
+        max_consecutive_unreadable: how many unreadable images in a row are skipped before the
+            dataset is refused, >= 1.
+
+    Raises:
+        ValueError: a bad argument, a missing or malformed file, or (``strict``) annotation problems.
+        BoxDataError: image paths outside ``image_dir``, no usable images, no boxes, or no readable
+            image (the message says which).
 
     Example:
         >>> ds = CocoBoxes("annotations/instances_val2017.json", "val2017")   # doctest: +SKIP
@@ -64,9 +76,12 @@ class CocoBoxes(Dataset):
         include_crowd: bool = False,
         tolerance: float = 1.0,
         strict: bool = False,
+        max_consecutive_unreadable: int = DEFAULT_MAX_CONSECUTIVE_UNREADABLE,
     ) -> None:
         if not tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0 (pixels), got {tolerance!r}")
+        if not isinstance(max_consecutive_unreadable, int) or max_consecutive_unreadable < 1:
+            raise ValueError(f"max_consecutive_unreadable must be an integer >= 1, got {max_consecutive_unreadable!r}")
         self.annotation_json = Path(annotation_json)
         self.image_dir = Path(image_dir)
         if not self.annotation_json.is_file():
@@ -95,6 +110,8 @@ class CocoBoxes(Dataset):
         label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
 
         images: dict[int, dict] = {}
+        outside: list[LabelProblem] = []
+        missing: list[Path] = []
         for i, entry in enumerate(data["images"]):
             where = f"images[{i}]"
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), int):
@@ -107,12 +124,16 @@ class CocoBoxes(Dataset):
             if not (_is_number(entry.get("width")) and _is_number(entry.get("height"))):
                 self.problems.append(LabelProblem(src, where, "no numeric 'width'/'height'; skipped"))
                 continue
+            if not self._inside_image_dir(entry["file_name"]):
+                outside.append(LabelProblem(src, where, f"file_name {entry['file_name']!r} leads outside {self.image_dir}"))
+                continue
             if not (self.image_dir / entry["file_name"]).is_file():
-                self.problems.append(
-                    LabelProblem(src, where, f"image file {self.image_dir / entry['file_name']} is missing; skipped")
-                )
+                missing.append(self.image_dir / entry["file_name"])
+                self.problems.append(LabelProblem(src, where, f"image file {missing[-1]} is missing; skipped"))
                 continue
             images[entry["id"]] = entry
+        if outside:
+            raise BoxDataError(f"{src} names image files outside its image folder {self.image_dir}; refused:{listed(outside)}")
         self.image_ids: list[int] = sorted(images)
         self.image_paths = [self.image_dir / images[i]["file_name"] for i in self.image_ids]
         self._sizes = [(float(images[i]["width"]), float(images[i]["height"])) for i in self.image_ids]
@@ -148,6 +169,41 @@ class CocoBoxes(Dataset):
         self._boxes = [torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4) for i in self.image_ids]
         self._labels = [torch.tensor(labels[i], dtype=torch.int64) for i in self.image_ids]
         report_problems(self.problems, src, strict)
+        kept, self.skipped = usable_images(
+            src, self.image_paths, [len(t) for t in self._labels],
+            no_images=self._why_no_images(len(data["images"]), missing),
+            no_boxes=self._why_no_boxes(len(annotations)),
+            max_consecutive_unreadable=max_consecutive_unreadable,
+        )
+        self.image_ids = [self.image_ids[i] for i in kept]
+        self.image_paths = [self.image_paths[i] for i in kept]
+        self._sizes = [self._sizes[i] for i in kept]
+        self._boxes = [self._boxes[i] for i in kept]
+        self._labels = [self._labels[i] for i in kept]
+        self.box_counts: list[int] = [len(t) for t in self._labels]
+
+    def _inside_image_dir(self, file_name: str) -> bool:
+        """Whether ``file_name`` names a path inside ``image_dir``, written as it is (``..`` and absolute paths leave it).
+
+        Symbolic links inside the folder are followed: they are the folder's own, set up by
+        whoever set up the images, while the annotation file may come from anywhere.
+        """
+        folder = os.path.abspath(self.image_dir)
+        return Path(os.path.abspath(os.path.join(folder, file_name))).is_relative_to(folder)
+
+    def _why_no_images(self, entries: int, missing: list[Path]) -> str:
+        if entries == 0:
+            return "its 'images' list is empty"
+        if len(missing) == entries:
+            return (f"none of the {entries} image files it names is in {self.image_dir} (e.g. {missing[0]}); "
+                    "is that the image folder?")
+        return f"none of its {entries} 'images' entries is usable (the annotation problems say why)"
+
+    def _why_no_boxes(self, annotations: int) -> str:
+        if annotations == 0:
+            return "it has no 'annotations'"
+        crowd = f"; {self.num_crowd} are crowd regions, left out unless include_crowd=True" if self.num_crowd else ""
+        return f"none of its {annotations} annotations gives a usable box on a usable image{crowd}"
 
     @staticmethod
     def _check_annotation(ann: object, known_ids: set, label_of: dict[int, int]) -> str | None:
@@ -179,5 +235,5 @@ class CocoBoxes(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(annotation_json={str(self.annotation_json)!r}, images={len(self)}, "
-            f"classes={self.num_classes}, problems={len(self.problems)})"
+            f"classes={self.num_classes}, problems={len(self.problems)}, skipped={len(self.skipped)})"
         )

@@ -6,7 +6,7 @@ import os
 
 from PIL import Image
 
-from ..transforms.rgb import to_rgb
+from .rgb import to_rgb
 
 __all__ = ["open_rgb"]
 

@@ -13,7 +13,7 @@ import math
 import warnings
 from typing import NamedTuple, Sequence
 
-__all__ = ["LabelProblem", "LabelWarning", "fit_box", "report_problems"]
+__all__ = ["LabelProblem", "LabelWarning", "fit_box", "listed", "report_problems"]
 
 # Problems listed in the warning or error text; the full list stays in ``dataset.problems``.
 _SHOWN = 10
@@ -42,6 +42,12 @@ class LabelProblem(NamedTuple):
         return f"{place}: {self.message}"
 
 
+def listed(problems: Sequence[LabelProblem]) -> str:
+    """The first problems, one per indented line after a line break, and how many more there are."""
+    shown = "".join(f"\n  {p}" for p in problems[:_SHOWN])
+    return shown + (f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else "")
+
+
 def report_problems(problems: Sequence[LabelProblem], source: str, strict: bool) -> None:
     """Raise or warn about ``problems`` found while reading ``source``.
 
@@ -55,9 +61,7 @@ def report_problems(problems: Sequence[LabelProblem], source: str, strict: bool)
     """
     if not problems:
         return
-    shown = "\n  ".join(str(p) for p in problems[:_SHOWN])
-    more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
-    text = f"{len(problems)} annotation problem(s) in {source}:\n  {shown}{more}"
+    text = f"{len(problems)} annotation problem(s) in {source}:{listed(problems)}"
     if strict:
         raise ValueError(text)
     warnings.warn(text + "\n(all of them are in dataset.problems)", LabelWarning, stacklevel=3)

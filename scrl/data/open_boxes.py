@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from torch.utils.data import Dataset
 
+from .box_checks import BoxDataError
 from .coco import CocoBoxes
+from .image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from .synthetic import SyntheticScenes
 from .yolo import YoloBoxes
 
@@ -38,6 +41,10 @@ def open_box_dataset(
     image_dir: str | os.PathLike | None = None,
     synthetic_image_size: int = 160,
     strict: bool = False,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    max_consecutive_unreadable: int = DEFAULT_MAX_CONSECUTIVE_UNREADABLE,
+    split: bool = False,
 ) -> Dataset:
     """The box dataset that ``spec`` names.
 
@@ -47,16 +54,30 @@ def open_box_dataset(
       COCO layout's folder (``annotations/instances_val2017.json`` -> ``val2017/``);
     * a folder holding ``images/``: :class:`YoloBoxes`.
 
+    The readers refuse a dataset that evaluation cannot use and leave unreadable images out
+    (:mod:`scrl.data.box_checks`); ``split=True`` also refuses one with fewer than two usable
+    images.
+
     Args:
         spec: the string or path.
         format: ``"coco"``, ``"yolo"`` or ``"synthetic"`` to skip the guess.
         image_dir: COCO image folder.
         synthetic_image_size: side of synthetic scenes in pixels.
         strict: passed to the readers (raise on annotation problems).
+        class_names: YOLO class names by id (:func:`~scrl.data.read_class_names` reads a names file).
+        num_classes: YOLO class count, when there are no names.
+        max_consecutive_unreadable: how many unreadable images in a row the readers skip before
+            refusing the dataset, >= 1.
+        split: the caller splits the images into two sides by image (training and held-out).
+
+    Raises:
+        ValueError: a bad argument, a missing path, or one that is none of the above.
+        BoxDataError: a dataset that cannot be used: no images, no boxes, fewer than two
+            images with ``split``, image paths outside ``image_dir``, or a run of unreadable images.
 
     Example:
         >>> open_box_dataset("../shared/data/coco128-train")       # doctest: +SKIP
-        YoloBoxes(root='../shared/data/coco128-train', images=128, classes=80, problems=2)
+        YoloBoxes(root='../shared/data/coco128-train', images=128, classes=80, problems=2, unlabelled=2, skipped=0)
         >>> len(open_box_dataset("synthetic:64"))
         64
     """
@@ -64,15 +85,32 @@ def open_box_dataset(
     if format not in (None, "coco", "yolo", "synthetic"):
         raise ValueError(f"format must be 'coco', 'yolo', 'synthetic' or None, got {format!r}")
     if format == "synthetic" or (format is None and (text == "synthetic" or text.startswith("synthetic:"))):
+        if class_names is not None or num_classes is not None:
+            raise ValueError("class names and counts are for YOLO folders; synthetic scenes have their own 18 classes")
         count = text.partition(":")[2] or "256"
         if not count.isdigit() or int(count) < 2:
             raise ValueError(f"spec 'synthetic:N' needs an integer N >= 2, got {text!r}")
         return SyntheticScenes(int(count), image_size=synthetic_image_size, seed=HELD_OUT_SEED)
     path = Path(text)
+    readable = dict(strict=strict, max_consecutive_unreadable=max_consecutive_unreadable)
     if format == "coco" or (format is None and path.suffix.lower() == ".json"):
-        return CocoBoxes(path, image_dir if image_dir is not None else _guess_coco_images(path), strict=strict)
-    if format == "yolo" or (format is None and (path / "images").is_dir()):
-        return YoloBoxes(path, strict=strict)
-    raise ValueError(
-        f"cannot tell what {text!r} is: expected 'synthetic[:N]', a COCO .json file or a YOLO folder with images/"
-    )
+        if class_names is not None or num_classes is not None:
+            raise ValueError(f"class names and counts are for YOLO folders; the COCO file {text} lists its own categories")
+        images = image_dir if image_dir is not None else _guess_coco_images(path)
+        dataset: Dataset = CocoBoxes(path, images, **readable)
+    elif format == "yolo" or (format is None and (path / "images").is_dir()):
+        dataset = YoloBoxes(path, class_names=class_names, num_classes=num_classes, **readable)
+    elif not path.exists():
+        raise ValueError(f"{text} does not exist: expected 'synthetic[:N]', a COCO .json file or a YOLO folder")
+    elif path.is_dir():
+        raise BoxDataError(f"{text} holds no images/ folder: a YOLO dataset is a folder with images/ and labels/")
+    else:
+        raise ValueError(
+            f"cannot tell what {text!r} is: expected 'synthetic[:N]', a COCO .json file or a YOLO folder with images/"
+        )
+    if split and len(dataset) < 2:
+        unreadable = f" ({len(dataset.skipped)} more cannot be decoded)" if dataset.skipped else ""
+        raise BoxDataError(
+            f"{text} has {len(dataset)} usable image{unreadable}: a split into training and held-out images needs at least 2"
+        )
+    return dataset

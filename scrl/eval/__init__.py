@@ -18,7 +18,7 @@ from .measures import RoIMeasures, roi_measures
 from .retrieval import RetrievalResult, cross_view_retrieval
 from .roi_eval import RoIEvalResult, roi_linear_eval, roi_probe, split_by_image
 from .roi_features import RoIFeatures, extract_roi_features
-from .trunk_forward import forward_images, module_device, unwrap_module
+from .trunk_forward import forward_images, module_device
 
 __all__ = [
     "DetectionData",
@@ -44,5 +44,4 @@ __all__ = [
     "top1_accuracy",
     "train_detector",
     "train_linear_head",
-    "unwrap_module",
 ]

@@ -24,7 +24,7 @@ from torchvision.models.detection import FasterRCNN
 from ..data import hflip_with_boxes
 from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision
 from ..fpn import FPNBackbone
-from ..train.distributed import wrap_ddp
+from ..runtime.distributed import wrap_ddp
 
 __all__ = [
     "DetectionData", "PYCOCOTOOLS_HINT", "build_detector", "coco_box_ap", "detection_classifier", "detection_collate",

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from .trunk_forward import unwrap_module
+from ..runtime.distributed import unwrap_module
 
 __all__ = ["frozen_copy"]
 
@@ -31,7 +31,7 @@ def _plain_batchnorm(module: nn.Module) -> nn.Module:
 def frozen_copy(trunk: nn.Module, device: torch.device | str | None = None) -> nn.Module:
     """A deep copy of ``trunk`` in eval mode without gradients, SyncBatchNorm made plain BatchNorm.
 
-    DDP and ``torch.compile`` wrappers are removed (:func:`~scrl.eval.trunk_forward.unwrap_module`);
+    DDP and ``torch.compile`` wrappers are removed (:func:`~scrl.runtime.unwrap_module`);
     the original is never touched.
 
     Args:

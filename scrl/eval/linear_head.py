@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..train.schedule import warmup_cosine
+from ..schedule import warmup_cosine
 
 __all__ = ["top1_accuracy", "train_linear_head"]
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data import require_boxes_in
 from .bn_adaptation import adapted_trunk
 from .frozen import frozen_copy
 from .knn import knn_predict
@@ -149,6 +150,9 @@ def roi_linear_eval(
     Returns:
         :class:`RoIEvalResult`.
 
+    Raises:
+        BoxDataError: the training or the held-out images hold no box (:func:`scrl.data.require_boxes_in`).
+
     Example:
         >>> trunk = resnet_trunk("resnet50")
         >>> trunk.body.load_state_dict(to_torchvision("checkpoint_last.pth"))   # doctest: +SKIP
@@ -164,6 +168,8 @@ def roi_linear_eval(
         test_dataset = dataset
     else:
         train_idx, test_idx = list(range(len(dataset))), list(range(len(test_dataset)))
+    require_boxes_in(dataset, train_idx, "training")  # before the trunk runs, not after
+    require_boxes_in(test_dataset, test_idx, "held-out")
     run = dict(device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
     loading = dict(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
     if adapt_bn:
@@ -176,10 +182,6 @@ def roi_linear_eval(
         flipped = extract_roi_features(frozen, dataset, train_idx, hflip=True, **extract)
         train = RoIFeatures(*(torch.cat(pair) for pair in zip(train, flipped)))
     test = extract_roi_features(frozen, test_dataset, test_idx, **extract)
-    if train.labels.numel() == 0 or test.labels.numel() == 0:
-        raise ValueError(
-            f"need boxes on both sides: {train.labels.numel()} training and {test.labels.numel()} test boxes"
-        )
     num_classes = _num_classes(dataset, train, test)
 
     train_x, test_x = train.features.to(device), test.features.to(device)

@@ -1,9 +1,9 @@
-"""Running a trunk outside its training loop: its device, its module without wrappers, one forward.
+"""Running a trunk outside its training loop: its device and one forward.
 
 Every evaluation (BatchNorm adaptation, box features, cross-view retrieval) feeds images to a
 trunk the same way: 8-bit (or [0, 1] float) pixels moved to the device, ImageNet-normalised
 there with :func:`~scrl.transforms.normalize_images`, optionally channels-last and under
-autocast. These helpers are that one way; the export code shares :func:`unwrap_module`.
+autocast. These helpers are that one way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..transforms import normalize_images
 
-__all__ = ["forward_images", "module_device", "unwrap_module"]
+__all__ = ["forward_images", "module_device"]
 
 
 def module_device(module: nn.Module, device: torch.device | str | None = None) -> torch.device:
@@ -32,18 +32,6 @@ def module_device(module: nn.Module, device: torch.device | str | None = None) -
         return torch.device(device)
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
-
-
-def unwrap_module(module: nn.Module) -> nn.Module:
-    """``module`` without its ``DistributedDataParallel``/``DataParallel`` and ``torch.compile`` wrappers.
-
-    DDP keeps the wrapped module in ``.module`` (possibly several times over), ``torch.compile``
-    in ``._orig_mod``; the innermost module holds the attributes (``body``, ``stride``,
-    ``backbone_state_dict``) the evaluation and export code look for.
-    """
-    while isinstance(getattr(module, "module", None), nn.Module):
-        module = module.module
-    return getattr(module, "_orig_mod", module)
 
 
 def forward_images(

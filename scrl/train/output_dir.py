@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 import os
 
-from .checkpoint import LAST_CHECKPOINT
+from ..runtime.checkpoint import LAST_CHECKPOINT
 from .telemetry import METRICS_FILE
 
-__all__ = ["BACKBONE_FILE", "METRICS_FILE", "RUN_FILES", "move_run_aside", "run_files"]
+__all__ = ["BACKBONE_FILE", "METRICS_FILE", "RECORD_FILES", "RUN_FILES", "move_run_aside", "run_files"]
 
 BACKBONE_FILE = "backbone_torchvision.pth"
+RECORD_FILES = (METRICS_FILE, "tensorboard")  # what a run has written before its first checkpoint
 RUN_FILES = (LAST_CHECKPOINT, METRICS_FILE, BACKBONE_FILE, "tensorboard")
 
 

@@ -21,19 +21,20 @@ from ..data import EncodedTwoViewBatch, ImageFolderDataset, ResumableSampler, Sy
 from ..data import open_box_dataset, two_view_loader
 from ..eval import roi_probe
 from ..models import BYOL, SCRL
+from ..runtime.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..runtime.distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
+from ..runtime.folder_lock import FolderLock, FolderLockedError
+from ..schedule import cosine_tau, warmup_cosine
 from ..transforms import BatchPhotometric, TwoViewCrops, TwoViewTransform, ViewDecoder, normalize_images
-from .checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import BOX_FIELDS, FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
-from .distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
 from .lars import LARS, lars_param_groups
-from .output_dir import BACKBONE_FILE, move_run_aside, run_files
+from .output_dir import BACKBONE_FILE, RECORD_FILES, move_run_aside, run_files
 from .preflight import LOW_VALID_SHARE, box_fill, setting_warnings
 from .run_record import data_name, run_conflicts, run_record
-from .schedule import cosine_tau, warmup_cosine
 from .stop_signal import StopSignal
 from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
-__all__ = ["Pretrainer", "RunWarning", "build_dataset", "build_model", "weights_digest"]
+__all__ = ["Pretrainer", "RunWarning", "build_dataset", "build_model", "build_transform", "weights_digest"]
 
 RANK_STREAMS = 0x52414E4B  # "RANK": the key that marks per-rank random streams
 _ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
@@ -184,6 +185,7 @@ class Pretrainer:
                 self.augment = [torch.compile(op) for op in self.augment]
 
         self.checkpoint_path = os.path.join(config.output_dir, LAST_CHECKPOINT)
+        self._folder_lock = FolderLock(config.output_dir)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.skipped_files: dict[str, str] = {}
         self._reported: set[str] = set()
@@ -225,6 +227,12 @@ class Pretrainer:
         sync_bn = self.world_size > 1 and on_gpu
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # trunk, heads and target alike
+        elif config.batch_size == 1:
+            self._warn(
+                "batch_size=1 per process without SyncBatchNorm (it needs several GPUs): BatchNorm normalises each view "
+                "over a batch of one image and the heads' BatchNorm over the two views of that image, statistics too poor "
+                "to train on; raise batch_size"
+            )
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = LARS(lars_param_groups(self.model, config.weight_decay), lr=self.lr, momentum=0.9, eta=0.001)
@@ -378,6 +386,22 @@ class Pretrainer:
             save_checkpoint(state, self.checkpoint_path)
         self._saved_at = self.step
 
+    def _lock_output_dir(self) -> None:
+        """Rank 0 holds ``output_dir`` for the whole run; every rank stops at once if another run holds it.
+
+        Raises:
+            FolderLockedError: another live process holds the folder (named in the message).
+        """
+        refusal = None
+        if self.main_process:
+            try:
+                self._folder_lock.acquire()
+            except FolderLockedError as exc:
+                refusal = str(exc)
+        refusal = all_gather_object(refusal)[0]
+        if refusal is not None:
+            raise FolderLockedError(f"output_dir={self.config.output_dir!r}: {refusal}")
+
     def _claim_output_dir(self) -> tuple[Mapping[str, Any] | None, str | None]:
         """The checkpoint to continue, if any, once ``output_dir`` is known to hold no other run.
 
@@ -404,7 +428,9 @@ class Pretrainer:
         continues_own = source is not None and os.path.isfile(self.checkpoint_path) and os.path.samefile(source, self.checkpoint_path)
         held = run_files(c.output_dir)
         if held and not continues_own:
-            if not c.overwrite:
+            # Only the log of a run that died before its first checkpoint: there is nothing to resume or lose.
+            never_saved = set(held) <= set(RECORD_FILES)
+            if not (c.overwrite or never_saved):
                 why = "resume='none' starts a new run" if c.resume == "none" else (
                     "it has no checkpoint to resume" if source is None else
                     f"this run resumes {source} instead (to continue the run of output_dir, use resume='auto')")
@@ -414,17 +440,34 @@ class Pretrainer:
                     f"run aside into {os.path.join(c.output_dir, 'replaced-<time>')}"
                 )
             if self.main_process:
-                self._log(f"moved the previous run aside: {move_run_aside(c.output_dir)}")
+                moved = move_run_aside(c.output_dir)
+                if never_saved:
+                    self._log(f"{c.output_dir} held only the log of a run that never saved a checkpoint: starting afresh, "
+                              f"the old log moved to {moved}")
+                else:
+                    self._log(f"moved the previous run aside: {moved}")
         all_gather_object(None)  # no rank may write into output_dir before the old run is moved aside
         return state, source
 
     # ------------------------------------------------------------------------------ bookkeeping
     def _gather_skipped(self) -> list[str]:
-        """Unreadable files met by any rank and not reported yet (a collective); every rank learns all."""
+        """Merge the unreadable files every rank met (a collective) and name the new ones, once per run.
+
+        Rank 0 prints each new file and logs them to metrics.jsonl as one ``skipped_files`` event,
+        wherever the gathering happens (a log step or a checkpoint), so no name is lost whatever
+        the log cadence or the number of workers.
+
+        Returns:
+            The files named now, sorted.
+        """
         for files in all_gather_object(self.skipped_files):
             self.skipped_files.update(files)
         new = sorted(set(self.skipped_files) - self._reported)
         self._reported.update(new)
+        if new:
+            self.logger.log({"event": "skipped_files", "step": self.step, "files": {path: self.skipped_files[path] for path in new}})
+            for path in new:
+                self._log(f"skipped unreadable file: {path} ({self.skipped_files[path]})")
         return new
 
     def _check_finite(self) -> None:
@@ -498,6 +541,7 @@ class Pretrainer:
             raise RuntimeError("a Pretrainer runs once; to continue, make a new one with the same config (it resumes)")
         self._ran = True
         try:
+            self._lock_output_dir()
             state, source = self._claim_output_dir()
             if state is not None:
                 self.load_state_dict(state, source)
@@ -508,6 +552,7 @@ class Pretrainer:
             return self._finish(stopped_by)
         finally:
             self.logger.close()
+            self._folder_lock.release()
             self._cleanup()
 
     def _log_start(self) -> None:
@@ -571,19 +616,17 @@ class Pretrainer:
     def _log_progress(self, means: DeviceMeans, lr: float, interval_steps: int, elapsed: float, data_wait: float) -> None:
         self._check_finite()
         stats = means.read()
-        new_skips = self._gather_skipped()
+        self._gather_skipped()
         record = {
             "step": self.step, "epoch": self.epoch, "loss": stats["loss"], "lr": lr,
             "tau": cosine_tau(self.step - 1, self.total_steps, self._record["schedule"]["tau_base"]),
             "images_per_s": interval_steps * self.global_batch / elapsed, "data_wait_share": data_wait / elapsed,
             "eta_s": (self.last_step - self.step) * elapsed / interval_steps, "valid_box_share": stats["valid_share"],
-            "collapse_std": stats["collapse_std"], "skipped_files": len(self.skipped_files), "new_skipped_files": new_skips,
+            "collapse_std": stats["collapse_std"], "skipped_files": len(self.skipped_files),
         }
         if self.device.type == "cuda":
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.logger.log(record)
-        for path in new_skips:
-            self._log(f"skipped unreadable file: {path} ({self.skipped_files[path]})")
         self._log(_progress_line(record, self.last_step))
         self._watch_valid_share(stats["valid_share"])
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "NonFiniteWatch"]
+__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "NonFiniteWatch", "TensorBoardUnavailable"]
 
 
 METRICS_FILE = "metrics.jsonl"
@@ -100,11 +101,15 @@ class NonFiniteWatch:
         return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+class TensorBoardUnavailable(UserWarning):
+    """``MetricsLogger`` was asked for TensorBoard events but ``tensorboard`` is not installed."""
+
+
 class MetricsLogger:
     """Appends one JSON object per call to ``<output_dir>/metrics.jsonl``.
 
     Numbers also go to TensorBoard (``<output_dir>/tensorboard``) when
-    ``torch.utils.tensorboard`` can be imported; otherwise that part is silently off. Only the
+    ``torch.utils.tensorboard`` can be imported; otherwise a warning says so, once per process. Only the
     process that should write (rank 0) enables the logger; a disabled logger does nothing, so
     calling code needs no rank checks. The file is opened in append mode, so a resumed run
     continues the same file, and flushed after every line, so it is readable while training.
@@ -133,7 +138,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                pass
+                # One location: Python's default warning filter shows it once per process.
+                warnings.warn("TensorBoard is not installed (pip install tensorboard): metrics go to metrics.jsonl only",
+                              TensorBoardUnavailable, stacklevel=2)
             else:
                 self._writer = SummaryWriter(os.path.join(os.fspath(output_dir), "tensorboard"))
 

@@ -24,13 +24,13 @@ from .geometric import RandomHorizontalFlip, RandomResizedCrop, random_resized_c
 from .resample import resample_crops
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from .photometric import GaussianBlur, blur_kernel_size, byol_photometric
-from .rgb import to_rgb
 from .two_view_crops import TwoViewCrops
 from .view import TwoViewTransform, ViewTransform, byol_view
-from .view_decoder import DecodedViews, ViewDecoder
+from .view_decoder import DamagedImageWarning, DecodedViews, ViewDecoder
 
 __all__ = [
     "BatchPhotometric",
+    "DamagedImageWarning",
     "DecodedViews",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -48,5 +48,4 @@ __all__ = [
     "random_resized_crop_params",
     "resample_crops",
     "resized_crop",
-    "to_rgb",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..data.encoded_image import EncodedImage
 from ..geometry import ViewGeometry
-from .rgb import to_rgb
+from ..data.rgb import to_rgb
 from .view import ViewTransform, byol_view
 
 __all__ = ["TwoViewCrops"]

@@ -13,7 +13,7 @@ from ..geometry import ViewGeometry
 from .geometric import RandomHorizontalFlip, RandomResizedCrop, check_crop_args
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from .photometric import byol_photometric
-from .rgb import to_rgb
+from ..data.rgb import to_rgb
 
 __all__ = ["TwoViewTransform", "ViewTransform", "byol_view"]
 

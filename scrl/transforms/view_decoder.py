@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
 import warnings
-from typing import NamedTuple, Sequence
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +20,7 @@ from .geometric import view_size
 from .normalize import IMAGENET_MEAN
 from .resample import RESAMPLE_FILTERS, resample_crops
 
-__all__ = ["DecodedViews", "ViewDecoder"]
+__all__ = ["DamagedImageWarning", "DecodedViews", "ViewDecoder"]
 
 OUTPUTS = ("uint8", "float")
 
@@ -34,6 +38,55 @@ class DecodedViews(NamedTuple):
     view1: Tensor
     view2: Tensor
     skipped: dict[str, str]
+
+
+class DamagedImageWarning(UserWarning):
+    """A JPEG file decoded despite damage libjpeg reported (e.g. "Corrupt JPEG data: premature end of data segment")."""
+
+
+@contextmanager
+def _stderr_lines() -> Iterator[list[str]]:
+    """The lines written meanwhile to the process's standard error at the file-descriptor level.
+
+    libjpeg reports damaged data by printing to file descriptor 2 from C, with no file name;
+    catching it there is the only way to say which file it was about.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode(errors="replace").splitlines()
+
+
+def _decode_named(data: list[Tensor], names: list[str], device: torch.device) -> list[Tensor]:
+    """:func:`_decode`; on the CPU, each libjpeg message becomes a :class:`DamagedImageWarning` naming its file."""
+    if device.type != "cpu":
+        return _decode(data, device)
+    with _stderr_lines() as printed:
+        decoded = _decode(data, device)
+    if not printed:
+        return decoded
+    claimed: set[str] = set()
+    for image, name in zip(data, names):
+        if len(data) == 1:
+            own = printed
+        else:  # one call decoded them all: decode each again alone to learn whose messages they were
+            with _stderr_lines() as own:
+                _decode([image], device)
+        if own:
+            warnings.warn(f"{name}: {'; '.join(own)} (decoded anyway)", DamagedImageWarning, stacklevel=3)
+            claimed.update(own)
+    for line in printed:  # anything else printed meanwhile goes on to where it was going
+        if line not in claimed:
+            print(line, file=sys.stderr)
+    return decoded
 
 
 def _decode(data: list[Tensor], device: torch.device) -> list[Tensor]:
@@ -59,7 +112,9 @@ class ViewDecoder(nn.Module):
     Images decoded in the workers (uint8 ``[3, H, W]``: non-JPEG files, or any image dataset)
     are moved to the device and resampled the same way. A file that fails to decode in the
     batch is retried alone, then on the CPU; if no decoder reads it, it is replaced by an image
-    of the ImageNet mean colour and reported in :attr:`DecodedViews.skipped`.
+    of the ImageNet mean colour and reported in :attr:`DecodedViews.skipped`. A damaged file that
+    libjpeg still decodes (it prints "Corrupt JPEG data: ..." to the process's standard error,
+    naming no file) is named in a :class:`DamagedImageWarning` instead, once per file and process.
 
     Synchronisation: torchvision's batched decoder does its own host work (it parses every file
     and, on CUDA, waits for its decoding stream); the resampling after it reads nothing back. The
@@ -154,20 +209,21 @@ class ViewDecoder(nn.Module):
             else:
                 encoded.append(i)
         decode_device = device if device.type == "cuda" else torch.device("cpu")
+        names = [path or f"images[{i}]" for i, path in enumerate(paths)]
         skipped: dict[str, str] = {}
         try:
             if encoded:
-                for i, image in zip(encoded, _decode([images[i] for i in encoded], decode_device)):
+                for i, image in zip(encoded, _decode_named([images[i] for i in encoded], [names[i] for i in encoded], decode_device)):
                     decoded[i] = image
         except RuntimeError:  # one bad file fails the whole call: find it
             for i in encoded:
                 try:
-                    decoded[i] = _decode([images[i]], decode_device)[0]
+                    decoded[i] = _decode_named([images[i]], [names[i]], decode_device)[0]
                 except RuntimeError:
                     try:
-                        decoded[i] = _decode([images[i]], torch.device("cpu"))[0]
+                        decoded[i] = _decode_named([images[i]], [names[i]], torch.device("cpu"))[0]
                     except RuntimeError as exc:
-                        skipped[paths[i] or f"images[{i}]"] = f"RuntimeError: {exc}"
+                        skipped[names[i]] = f"RuntimeError: {exc}"
                         decoded[i] = self._stand_in(geom1.crop[i], geom2.crop[i], device)
         # Worker-decoded images, and files only the CPU decoder read, still have to move.
         return [image.to(device, non_blocking=True) for image in decoded], skipped

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import socket
 import tempfile
 from typing import Any, Mapping
 
@@ -42,7 +43,9 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     The data goes to a temporary file in the same folder, is fsync'ed, and replaces ``path``
     with :func:`os.replace`; the folder is fsync'ed too. If the process dies at any point,
     ``path`` still holds the previous complete checkpoint (or does not exist yet), and a
-    leftover temporary file is removed by the next save.
+    leftover temporary file is removed by the next save on the same host. The temporary file
+    is named after the host and process writing it, so a save removes only the leftovers of
+    processes that are gone, never the file another live process is writing.
 
     Args:
         state: anything :func:`torch.save` accepts; keep to tensors, state dicts and plain
@@ -57,8 +60,12 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     os.makedirs(directory, exist_ok=True)
     prefix = f".tmp-{name}."
     for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
-        os.remove(stale)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+        if _writer_is_gone(os.path.basename(stale)[len(prefix):]):
+            try:
+                os.remove(stale)
+            except FileNotFoundError:  # its writer's own clean-up was faster
+                pass
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{socket.gethostname()}.{os.getpid()}.", dir=directory)
     try:
         # mkstemp makes the file private (0600); the run's other outputs follow the umask.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -75,6 +82,24 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
             raise OSError(cause.errno, f"could not write {path}: {cause.strerror or cause}") from exc
         raise
     _fsync_dir(directory)
+
+
+def _writer_is_gone(tag: str) -> bool:
+    """Whether the process named in a temporary file's ``<host>.<pid>.<random>`` tag has ended.
+
+    Only a process on this host can be checked; a file of another host, or one whose name
+    carries no writer, is left alone.
+    """
+    host, _, pid = tag.rpartition(".")[0].rpartition(".")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
 
 
 def _umask() -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "all_gather_object",
     "wrap_ddp",
     "cleanup",
+    "unwrap_module",
 ]
 
 # torch 2.13 renamed DDP's ``broadcast_buffers`` to ``forward_sync_buffers`` and warns on the old name.
@@ -113,3 +114,15 @@ def cleanup() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """``module`` without its ``DistributedDataParallel``/``DataParallel`` and ``torch.compile`` wrappers.
+
+    DDP keeps the wrapped module in ``.module`` (possibly several times over), ``torch.compile``
+    in ``._orig_mod``; the innermost module holds the attributes (``body``, ``stride``,
+    ``backbone_state_dict``) the evaluation and export code look for.
+    """
+    while isinstance(getattr(module, "module", None), nn.Module):
+        module = module.module
+    return getattr(module, "_orig_mod", module)

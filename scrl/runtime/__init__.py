@@ -1,0 +1,31 @@
+"""Files and processes: crash-safe checkpoints with the RNG state a bit-exact resume needs, one
+process at a time in a folder, and the process group ``torchrun`` starts (with the DDP wrapping
+and unwrapping of models).
+
+This is the bottom layer of the package: it imports nothing else of ``scrl``, so every other
+layer (export and evaluation as much as the training run) may use it.
+"""
+
+from .checkpoint import LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
+from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
+
+__all__ = [
+    "all_gather_object",
+    "CheckpointError",
+    "cleanup",
+    "DistInfo",
+    "FolderLock",
+    "FolderLockedError",
+    "get_world_size",
+    "init_distributed",
+    "LAST_CHECKPOINT",
+    "LOCK_FILE",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "unwrap_module",
+    "wrap_ddp",
+]
