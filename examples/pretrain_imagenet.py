@@ -16,12 +16,13 @@ See docs/pretraining.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import re
 import sys
 import warnings
-
-from typing import get_args
+from typing import Iterator, get_args
 
 from scrl.runtime import FolderLockedError
 from scrl.train import PRESETS, CheckpointError, ConfigError, PretrainConfig, Pretrainer, RunWarning
@@ -97,13 +98,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Console(logging.Handler):
+    """The library's log lines as this script shows them: settings named as flags, warnings on stderr.
+
+    One write per line: every rank writes to the same terminal, and separate writes of a line and
+    its end interleave between processes.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = in_flags(record.getMessage())
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream.write(f"warning: {text}\n" if record.levelno >= logging.WARNING else f"{text}\n")
+        stream.flush()
+
+
+@contextlib.contextmanager
+def console() -> Iterator[None]:
+    """Show the ``scrl`` logger's INFO lines and the run's warnings for the length of one run."""
+    logger, handler = logging.getLogger("scrl"), Console()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunWarning)
+        warnings.showwarning = lambda message, *_: handler.emit(logging.makeLogRecord({"msg": str(message), "levelno": logging.WARNING}))
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) a pretraining run; returns its summary dict (also after a stop by signal)."""
     p = parser()
     args = p.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", RunWarning)
-        warnings.showwarning = lambda message, *_: print(f"warning: {in_flags(str(message))}", file=sys.stderr, flush=True)
+    with console():
         try:
             return Pretrainer(PretrainConfig(**vars(args))).run()
         except (ConfigError, CheckpointError) as err:  # a setting or file the run cannot use: named, exit 2

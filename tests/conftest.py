@@ -1,3 +1,6 @@
+import logging
+import sys
+
 import pytest
 import torch
 
@@ -13,3 +16,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _CurrentStdout(logging.Handler):
+    """Writes to whatever ``sys.stdout`` is at the moment, so that ``capsys`` sees the lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stdout.write(record.getMessage() + "\n")
+
+
+@pytest.fixture(autouse=True)
+def run_log_on_stdout():
+    """Show the ``scrl`` logger's INFO lines on stdout, as ``examples/pretrain_imagenet.py`` does.
+
+    The library installs no handler; the tests read what a user of the script reads.
+    """
+    logger, handler = logging.getLogger("scrl"), _CurrentStdout()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -96,7 +96,7 @@ def test_cpu_defaults_are_announced(script_main, tmp_path, capsys):
                            "--projection-dim", "16", "--workers", "0", "--output-dir", str(tmp_path)])
     assert summary["step"] == 1
     out = capsys.readouterr().out
-    assert "no GPU: using CPU defaults --epochs 10 --base-lr 0.45" in out and "--arch resnet18" in out
+    assert "no GPU: using CPU defaults --epochs=10 --base-lr=0.45" in out and "--arch=resnet18" in out
 
 
 @pytest.mark.parametrize(

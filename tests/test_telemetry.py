@@ -57,7 +57,8 @@ def test_disabled_logger_writes_nothing(tmp_path):
 
 def test_missing_tensorboard_is_said_once_per_process(tmp_path):
     code = (
-        "import sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
+        "import logging, sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
+        "logging.basicConfig(level=logging.INFO)\n"
         "from scrl.train import MetricsLogger\n"
         f"for name in 'ab': MetricsLogger({str(tmp_path)!r} + '/' + name).close()\n"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import os
 import random
 import time
@@ -36,6 +37,7 @@ from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
 
 __all__ = ["Pretrainer", "RunWarning", "build_dataset", "build_model", "build_transform", "weights_digest"]
 
+_logger = logging.getLogger(__name__)
 RANK_STREAMS = 0x52414E4B  # "RANK": the key that marks per-rank random streams
 _ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
@@ -156,8 +158,10 @@ class Pretrainer:
         if not on_gpu:
             unused = set(FIXED_DEFAULTS) | (set(MODEL_FIELDS) if model is not None else set())
             unused |= set(BOX_FIELDS) if model is None and config.method == "byol" else set()
-            picked = " ".join(f"--{n.replace('_', '-')} {getattr(config, n)}" for n in filled if n not in unused)
-            self._log(f"no GPU: using CPU defaults {picked} (set any of them explicitly to override)")
+            unused |= {"synthetic_images"} if config.data is not None or dataset is not None else set()
+            picked = " ".join(f"{n}={getattr(config, n)}" for n in filled if n not in unused)
+            if picked:
+                self._log(f"no GPU: using CPU defaults {picked} (set any of them explicitly to override)")
         self._warnings: list[str] = []
         self._ran = False
         self.logger = MetricsLogger(config.output_dir, enabled=False)  # opened by run(), once the folder is claimed
@@ -290,8 +294,9 @@ class Pretrainer:
                 self.logger.log({"event": "warning", "step": self.step, "message": message})
 
     def _log(self, message: str) -> None:
+        """Log ``message`` (rank 0) at INFO to the ``scrl`` logger; the library installs no handler."""
         if self.main_process:
-            print(message, flush=True)
+            _logger.info(message)
 
     def _cleanup(self) -> None:
         if self._owns_process_group:
@@ -565,7 +570,7 @@ class Pretrainer:
         self._log(
             f"{what}: {len(self.dataset)} images, {self.world_size} process(es) x {c.batch_size} = {self.global_batch} per step, "
             f"lr {self.lr:.4g}, {self.steps_per_epoch} steps/epoch, {self.total_steps} steps total (stopping at {self.last_step}), "
-            f"views {c.image_size}px ({augmented}), amp {c.amp}, {c.workers} workers, device {self.device}"
+            f"views {c.image_size}px ({augmented}), amp {c.amp}, {c.workers} worker processes, device {self.device}"
         )
         self.logger.log({"event": "start", "step": self.step, "world_size": self.world_size, "lr": self.lr,
                          "total_steps": self.total_steps, "run": self._record} | {f"arg_{k}": v for k, v in c.to_dict().items()})
@@ -652,9 +657,7 @@ class Pretrainer:
         if stopped_by is None:
             self._run_roi_probe()
         digests = all_gather_object(weights_digest(self.model))
-        # One write per line: every rank prints to the same stream, and print() writes the line and
-        # its end separately, which interleave between processes when the stream is unbuffered.
-        print(f"rank {self.rank}: weights sha256 {digests[self.rank]}\n", end="", flush=True)
+        _logger.info(f"rank {self.rank}: weights sha256 {digests[self.rank]}")  # every rank: they can be compared
         backbone_path = os.path.join(self.config.output_dir, BACKBONE_FILE)
         if self.main_process and stopped_by is None:
             save_checkpoint({k: v.contiguous() for k, v in self.model.backbone_state_dict().items()}, backbone_path)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 from types import FrameType, TracebackType
 
@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["StopSignal"]
+
+_logger = logging.getLogger(__name__)
 
 
 class StopSignal:
@@ -42,11 +44,7 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signal.Signals(signum)
-        print(
-            f"scrl: received {self.received.name}; stopping after the current step (send it again to abort now)",
-            file=sys.stderr,
-            flush=True,
-        )
+        _logger.warning(f"received {self.received.name}; stopping after the current step (send it again to abort now)")
         signal.signal(signum, self._previous.get(self.received, signal.SIG_DFL))  # type: ignore[arg-type]
 
     def __enter__(self) -> "StopSignal":

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
-import warnings
 from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "NonFiniteWatch", "TensorBoardUnavailable"]
+__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "NonFiniteWatch"]
 
+_logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -101,15 +103,18 @@ class NonFiniteWatch:
         return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-class TensorBoardUnavailable(UserWarning):
-    """``MetricsLogger`` was asked for TensorBoard events but ``tensorboard`` is not installed."""
+@functools.cache
+def _say_tensorboard_is_missing() -> None:
+    """Once per process: a run asked for TensorBoard events that cannot be written."""
+    _logger.info("TensorBoard is not installed (pip install tensorboard): metrics go to metrics.jsonl only")
 
 
 class MetricsLogger:
     """Appends one JSON object per call to ``<output_dir>/metrics.jsonl``.
 
     Numbers also go to TensorBoard (``<output_dir>/tensorboard``) when
-    ``torch.utils.tensorboard`` can be imported; otherwise a warning says so, once per process. Only the
+    ``torch.utils.tensorboard`` can be imported; otherwise the ``scrl`` logger says so at INFO,
+    once per process. Only the
     process that should write (rank 0) enables the logger; a disabled logger does nothing, so
     calling code needs no rank checks. The file is opened in append mode, so a resumed run
     continues the same file, and flushed after every line, so it is readable while training.
@@ -138,9 +143,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                # One location: Python's default warning filter shows it once per process.
-                warnings.warn("TensorBoard is not installed (pip install tensorboard): metrics go to metrics.jsonl only",
-                              TensorBoardUnavailable, stacklevel=2)
+                _say_tensorboard_is_missing()
             else:
                 self._writer = SummaryWriter(os.path.join(os.fspath(output_dir), "tensorboard"))
 
