@@ -149,10 +149,11 @@ def test_transfer_benchmark_names_the_bad_argument(args: list[str], message: str
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_transfer_benchmark_says_which_data_path_is_missing(tmp_path: Path) -> None:
+def test_transfer_benchmark_says_which_data_path_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("pycocotools")
-    with pytest.raises(SystemExit, match=r"--eval-data .*nowhere does not exist"):
+    with pytest.raises(SystemExit) as stopped:
         load_benchmark().main(["--pretrain-data", str(tmp_path), "--eval-data", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2 and re.search(r"^error: --eval-data .*nowhere does not exist", capsys.readouterr().err)
 
 
 def photo_folder(root: Path, count: int) -> Path:
@@ -204,8 +205,10 @@ def test_resume_refuses_a_partial_json_of_other_settings(tmp_path: Path, monkeyp
         transfer.main(common)
     assert json.loads((tmp_path / "runs" / "transfer_smoke_partial.json").read_text())["per_seed"] == {
         "random": [], "byol": [], "scrl": []}
-    with pytest.raises(SystemExit, match=r"was made with other settings \(settings\.steps: 2 there, 3 here\)"):
+    with pytest.raises(SystemExit) as stopped:
         transfer.main(common + ["--steps", "3", "--resume"])
+    assert stopped.value.code == 2
+    assert "was made with other settings (settings.steps: 2 there, 3 here)" in capsys.readouterr().err
     with pytest.raises(Killed):  # the same settings resume; without --resume other settings start afresh
         transfer.main(common + ["--resume"])
     with pytest.raises(Killed):
