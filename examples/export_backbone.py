@@ -20,12 +20,13 @@ import sys
 import torch
 
 from scrl.export import load_source, resnet_arch, save_detectron2, save_torchvision, source_arch, to_timm, to_torchvision
+from scrl.trunk import TIMM_PREFIX
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint or torchvision classifier state dict")
-    p.add_argument("--arch", default=None, help="torchvision builder name of a plain state dict's model (default: what the checkpoint records; else the ResNet its layout implies)")
+    p.add_argument("--arch", default=None, help="trunk name of a plain state dict's model, of scrl.trunk.supported_archs() or timm:NAME (default: what the checkpoint records; else the ResNet its layout implies)")
     p.add_argument("--format", choices=["torchvision", "timm", "detectron2"], default="torchvision",
                    help="torchvision (any torchvision trunk), timm (a timm:NAME trunk), detectron2 (ResNets)")
     p.add_argument("--out", required=True, help="output file (.pth for torchvision, .pkl for detectron2)")
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
             source = load_source(args.checkpoint, weights_only=weights_only)
             state = to_timm(source, arch=args.arch)
             torch.save(state, args.out)
-            name = (args.arch or source_arch(source)).removeprefix("timm:")
+            name = (args.arch or source_arch(source)).removeprefix(TIMM_PREFIX)
             print(f"wrote {args.out} (timm {name}); load with timm.create_model({name!r}).load_state_dict(sd, strict=False)")
-            return {"weights": str(args.out), "arch": f"timm:{name}"}
+            return {"weights": str(args.out), "arch": TIMM_PREFIX + name}
         weights, config = save_detectron2(args.checkpoint, args.out, weights_only=weights_only)
         print(f"wrote {weights} (MODEL.WEIGHTS) and {config} (Detectron2 config keys to merge)")
         return {"weights": str(weights), "config": str(config)}

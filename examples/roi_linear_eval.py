@@ -21,30 +21,29 @@ import argparse
 import json
 
 import torch
-import torchvision
 
 from scrl.data import BoxDataError, open_box_dataset, read_class_names
 from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, split_by_image
 from scrl.export import load_source, resnet_arch, source_arch, to_timm, to_torchvision
-from scrl.trunk import TIMM_PREFIX, Trunk, as_trunk, torchvision_trunk
+from scrl.trunk import TIMM_PREFIX, Trunk, check_trunk_name, create_trunk
 
 
 def build_trunk(checkpoint: str, arch: str | None, weights_only: bool = True) -> tuple[Trunk, str]:
     """The trunk that ``--checkpoint`` names, and its architecture."""
     if checkpoint == "random":
         arch = arch or "resnet50"
-        return as_trunk(arch), arch
+        return create_trunk(arch), arch
     if checkpoint == "torchvision-supervised":
         arch = arch or "resnet50"
+        check_trunk_name(arch)  # before the download, whose failures the message below explains
         try:
-            model = torchvision.models.get_model(arch, weights="DEFAULT")
+            return create_trunk(arch, weights="DEFAULT"), arch
         except Exception as err:  # no network, no cache: say what to do instead
             raise ValueError(
                 f"cannot get torchvision's supervised {arch} weights ({err}); download them once and pass "
                 "the .pth file as --checkpoint"
             ) from err
-        return torchvision_trunk(model), arch
     source = load_source(checkpoint, weights_only=weights_only)
     recorded = source_arch(source)
     if arch is not None and recorded is not None and arch != recorded:
@@ -55,7 +54,7 @@ def build_trunk(checkpoint: str, arch: str | None, weights_only: bool = True) ->
     else:
         state = to_torchvision(source, arch=found)
         found = found or resnet_arch(state)
-    trunk = as_trunk(found)
+    trunk = create_trunk(found)
     trunk.load_backbone_state_dict(state)
     return trunk, found
 
@@ -65,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--checkpoint", required=True, help="training checkpoint, torchvision state dict, 'random' or 'torchvision-supervised'")
     add("--arch", default=None, metavar="ARCH",
-        help="torchvision builder name for 'random'/'torchvision-supervised' or a plain state dict (default resnet50; "
-             "a training checkpoint records its own)")
+        help="trunk name (scrl.trunk.list_trunks(), timm:NAME) for 'random', a torchvision one for 'torchvision-supervised' "
+             "or a plain state dict (default resnet50; a training checkpoint records its own)")
     add("--data", required=True, help="COCO .json, YOLO folder (images/ + labels/) or synthetic[:N]")
     add("--format", choices=["coco", "yolo", "synthetic"], default=None, help="dataset format (default: guessed)")
     add("--image-dir", default=None, help="COCO image folder (default: guessed from the COCO layout)")

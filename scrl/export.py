@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .runtime.distributed import unwrap_module
 from .runtime.checkpoint import load_checkpoint
-from .trunk import FAMILIES, TIMM_PREFIX, family_of, supported_archs
+from .trunk import FAMILIES, TIMM_PREFIX, supported_archs, torchvision_trunk
 
 __all__ = [
     "DETECTRON2_PIXEL_MEAN",
@@ -178,7 +177,7 @@ def load_source(source: Source, *, weights_only: bool = True) -> Source:
 
 
 def source_arch(source: Source, *, weights_only: bool = True) -> str | None:
-    """The torchvision builder name ``source``'s trunk comes from, where ``source`` records it.
+    """The registered trunk name ``source``'s trunk was built from (:func:`scrl.trunk.create_trunk`), where ``source`` records it.
 
     A model or trunk carries it (``Trunk.arch``); a training checkpoint records it in its run
     identity (``checkpoint["run"]["identity"]["arch"]``, for models built from a config). Plain
@@ -197,12 +196,14 @@ def source_arch(source: Source, *, weights_only: bool = True) -> str | None:
 def to_torchvision(source: Source, *, arch: str | None = None, weights_only: bool = True) -> dict[str, Tensor]:
     """Trunk weights that load into ``torchvision.models.get_model(arch)`` with only the classifier missing.
 
-    The weights are checked by loading them into a freshly built torchvision model of that name.
+    The weights are checked by loading them into the feature modules of a freshly built
+    torchvision model of that name (:func:`scrl.trunk.torchvision_trunk`).
 
     Args:
         source: see the module docstring.
-        arch: the torchvision builder name (``"convnext_tiny"``); default: the one ``source``
-            records (:func:`source_arch`), else the ResNet its weights' layout implies.
+        arch: a torchvision trunk name of :func:`scrl.trunk.supported_archs` (``"convnext_tiny"``);
+            default: the one ``source`` records (:func:`source_arch`), else the ResNet its weights'
+            layout implies.
         weights_only: load a path with PyTorch's restricted unpickler.
 
     Raises:
@@ -221,17 +222,16 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
             arch = resnet_arch(state)
         except ValueError as err:
             raise ValueError(f"{err}; for another torchvision model pass its name as arch= (--arch convnext_tiny)") from err
-    if arch.startswith(TIMM_PREFIX):
-        raise ValueError(f"{arch!r} is a timm trunk: export it with to_timm (examples/export_backbone.py --format timm)")
     if arch not in supported_archs():
-        raise ValueError(f"arch {arch!r} is not a torchvision classifier scrl exports to; supported: scrl.trunk.supported_archs()")
-    model = torchvision.models.get_model(arch, weights=None)
+        raise ValueError(
+            f"arch {arch!r} is not a torchvision classifier scrl exports to (those: scrl.trunk.supported_archs()); "
+            f"a '{TIMM_PREFIX}NAME' trunk exports with to_timm (examples/export_backbone.py --format timm)"
+        )
+    features = torchvision_trunk(arch).body  # the classifier's modules but its head
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = features.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: {err}") from err
-    head = FAMILIES[family_of(arch)].classifier
-    missing = [k for k in missing if k.split(".")[0] != head]
     if missing or unexpected:
         raise ValueError(f"trunk weights do not fit torchvision.models.{arch}: missing {missing}, unexpected {unexpected}")
     return state

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .trunk import evaluating, torchvision_trunk
+from .trunk import as_trunk, evaluating
 
 __all__ = ["FPNBackbone", "pyramid_stages"]
 
@@ -51,8 +51,10 @@ class FPNBackbone(nn.Module):
     """A torchvision classifier's feature stages with a feature pyramid on top, as torchvision's detectors take it.
 
     Args:
-        model: a torchvision classification CNN of a supported family (``scrl.trunk.FAMILIES``),
-            e.g. with pretrained weights loaded; its modules are reused.
+        model: a torchvision classification CNN of a supported family (e.g. with pretrained
+            weights loaded; its modules are reused), its trunk
+            (``create_trunk("convnext_tiny", weights="DEFAULT")``) or its name
+            (:func:`scrl.trunk.supported_archs`).
         out_channels: channels of every pyramid level.
 
     Attributes:
@@ -64,11 +66,11 @@ class FPNBackbone(nn.Module):
         >>> detector = torchvision.models.detection.FasterRCNN(backbone, num_classes=91)
     """
 
-    def __init__(self, model: nn.Module, out_channels: int = 256) -> None:
+    def __init__(self, model: nn.Module | str, out_channels: int = 256) -> None:
         super().__init__()
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be an integer >= 1, got {out_channels!r}")
-        trunk = torchvision_trunk(model)
+        trunk = as_trunk(model)
         self.stages = pyramid_stages(trunk.body)
         self.body = create_feature_extractor(trunk.body, {name: str(i) for i, (name, _, _) in enumerate(self.stages)})
         self.fpn = FeaturePyramidNetwork(

@@ -72,8 +72,9 @@ class TwoViewModel(nn.Module):
     matching row of the other view (:func:`~scrl.scrl_loss`, symmetrised, valid rows only).
 
     Args:
-        trunk: a :class:`~scrl.Trunk`, a torchvision ResNet, or ``"resnet18" | "resnet34" |
-            "resnet50" | "resnet101"`` (random init).
+        trunk: a :class:`~scrl.Trunk`, a torchvision classifier of a supported family, or a name
+            :func:`~scrl.trunk.create_trunk` builds (``"resnet50"``, ``"convnext_tiny"``,
+            ``"timm:NAME"``, one given to :func:`~scrl.trunk.register_trunk`; random init).
         pool: the pooling component, an ``nn.Module`` with an integer attribute
             ``features_per_channel >= 1`` (the projector sees ``trunk.channels *
             features_per_channel`` features) and the call ``pool(online_maps, target_maps,
@@ -215,8 +216,9 @@ class SCRL(TwoViewModel):
     view on the target projection of the same box in the other view (valid pairs only).
 
     Args:
-        trunk: a :class:`~scrl.Trunk`, a torchvision ResNet, or ``"resnet18" | "resnet34" |
-            "resnet50" | "resnet101"`` (random init).
+        trunk: a :class:`~scrl.Trunk`, a torchvision classifier of a supported family, or a name
+            :func:`~scrl.trunk.create_trunk` builds (``"resnet50"``, ``"convnext_tiny"``,
+            ``"timm:NAME"``, one given to :func:`~scrl.trunk.register_trunk`; random init).
         sampler: the :class:`~scrl.BoxPairSampler` to use; ``None`` builds
             ``BoxPairSampler(**sampler_options)``. Give one or the other, not both.
         roi_aligned: ``None`` (default) pools each box where the trunk's cells are centred
@@ -293,7 +295,9 @@ class BYOL(TwoViewModel):
     ``BYOL(...)`` swap in one line.
 
     Args:
-        trunk: a :class:`~scrl.Trunk`, a torchvision ResNet, or a ResNet name (random init).
+        trunk: a :class:`~scrl.Trunk`, a torchvision classifier of a supported family, or a name
+            :func:`~scrl.trunk.create_trunk` builds (``"resnet50"``, ``"convnext_tiny"``,
+            ``"timm:NAME"``, one given to :func:`~scrl.trunk.register_trunk`; random init).
         projector_hidden: hidden width of projector and predictor (paper: 4096).
         projection_dim: output width of projector and predictor (paper: 256).
         predictor_hidden: hidden width of the predictor if different from ``projector_hidden``.

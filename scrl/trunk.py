@@ -3,14 +3,22 @@
 SCRL pools boxes on this map, BYOL pools it globally. Both need its stride (input pixels per
 feature cell) and its number of channels; SCRL also needs where each cell is centred in the
 input, so that a box is pooled where the trunk really looks (:mod:`scrl.cell_centre`).
+
+Trunks are found by name in one registry: :func:`register_trunk` adds a name,
+:func:`create_trunk` builds it and :func:`list_trunks` lists the names. torchvision's CNN
+families (:data:`FAMILIES`) are registered under their builder names, and timm's CNNs under the
+namespace ``"timm:"`` (:data:`TIMM_PREFIX`).
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import functools
 import math
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torchvision
@@ -19,8 +27,8 @@ from torch import Tensor, nn
 from .cell_centre import measure_cell_offset
 
 __all__ = [
-    "FAMILIES", "RESNET_ARCHS", "TIMM_PREFIX", "Trunk", "as_trunk", "evaluating", "family_of", "is_supported_arch", "resnet_trunk",
-    "supported_archs", "timm_trunk", "torchvision_trunk",
+    "FAMILIES", "RESNET_ARCHS", "TIMM_PREFIX", "Trunk", "as_trunk", "check_trunk_name", "create_trunk",
+    "evaluating", "list_trunks", "register_trunk", "resnet_trunk", "supported_archs", "timm_trunk", "torchvision_trunk",
 ]
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -53,20 +61,20 @@ FAMILIES: dict[str, _Family] = {
 
 
 def supported_archs() -> list[str]:
-    """The torchvision builder names :func:`torchvision_trunk` takes, sorted."""
+    """The torchvision builder names :func:`torchvision_trunk` takes, sorted; each is a registered trunk name.
+
+    They are the trunks that export to torchvision (:func:`scrl.export.to_torchvision`) and carry
+    torchvision's detectors (:mod:`scrl.eval.detection`); :func:`list_trunks` lists every name.
+    """
     prefixes = tuple(prefix for family in FAMILIES.values() for prefix in family.prefixes)
     return sorted(name for name in torchvision.models.list_models(module=torchvision.models) if name.startswith(prefixes))
 
 
+# The registered namespace of timm's models: "timm:convnext_nano" is timm's convnext_nano.
 TIMM_PREFIX = "timm:"
 
 
-def is_supported_arch(arch: str) -> bool:
-    """Whether ``arch`` names a trunk: a torchvision builder name of :func:`supported_archs`, or ``"timm:NAME"``."""
-    return arch in supported_archs() or (arch.startswith(TIMM_PREFIX) and len(arch) > len(TIMM_PREFIX))
-
-
-def family_of(arch: str) -> str | None:
+def _family_of(arch: str) -> str | None:
     """The key of :data:`FAMILIES` whose prefixes ``arch`` starts with, or None."""
     return next((name for name, family in FAMILIES.items() if arch.startswith(family.prefixes)), None)
 
@@ -82,7 +90,7 @@ class Trunk(nn.Module):
         cell_offset: cell ``i`` of the map is centred at ``stride * i + cell_offset`` input
             pixels (pixel-edge coordinates); ``None`` measures it
             once with :func:`~scrl.cell_centre.measure_cell_offset`.
-        arch: the name of the model ``body`` comes from (a torchvision builder name), which
+        arch: the registered name the trunk is built from (:func:`create_trunk` sets it), which
             export uses to check the weights against that model; ``None`` for other modules.
 
     Example:
@@ -131,7 +139,135 @@ class Trunk(nn.Module):
         return f"{arch}stride={self.stride}, channels={self.channels}, cell_offset={self.cell_offset}"
 
 
-def torchvision_trunk(arch: str | nn.Module) -> Trunk:
+# Full names, and namespaces (names ending in ":") whose builders take the rest of a name.
+_TRUNKS: dict[str, Callable[..., Trunk]] = {}
+_NAMESPACES: dict[str, Callable[..., Trunk]] = {}
+
+
+def register_trunk(
+    name: str, builder: Callable[..., Trunk] | None = None, *, replace: bool = False
+) -> Callable[..., Trunk] | Callable[[Callable[..., Trunk]], Callable[..., Trunk]]:
+    """Register ``builder`` under ``name`` for :func:`create_trunk`, ``SCRL(name)`` and ``PretrainConfig(arch=name)``.
+
+    Without ``builder`` it is a decorator that registers the function it decorates. A name
+    ending in ``":"`` registers a namespace: ``create_trunk("NS:REST", **kwargs)`` calls
+    ``builder("REST", **kwargs)`` for any non-empty ``REST`` (``"timm:"`` is one); a full name
+    wins over a namespace. A registration holds in the process that makes it: make it when a
+    module is imported that every process building the trunk imports (the training script, or a
+    module it imports; ``torchrun`` starts each process from the script).
+
+    Args:
+        name: the trunk's name, or a namespace ending in ``":"``; not empty.
+        builder: ``builder(**kwargs) -> Trunk`` (a namespace's ``builder(rest, **kwargs) -> Trunk``).
+        replace: replace an earlier registration of ``name`` instead of refusing it.
+
+    Returns:
+        ``builder``; without it, the decorator.
+
+    Raises:
+        ValueError: ``name`` is empty or already registered (without ``replace``), or ``builder``
+            is not callable.
+
+    Example:
+        >>> @register_trunk("patch-cnn")
+        ... def patch_cnn(width: int = 64) -> Trunk:
+        ...     return Trunk(nn.Sequential(nn.Conv2d(3, width, 32, stride=32), nn.ReLU()), stride=32, channels=width)
+        >>> create_trunk("patch-cnn", width=16).channels
+        16
+    """
+    if not isinstance(name, str) or not name.removesuffix(":"):
+        raise ValueError(f"a trunk name must be a non-empty string, got {name!r}")
+    if builder is None:
+        return functools.partial(register_trunk, name, replace=replace)
+    if not callable(builder):
+        raise ValueError(f"the builder of trunk {name!r} must be callable, got {type(builder).__name__}")
+    table = _NAMESPACES if name.endswith(":") else _TRUNKS
+    if name in table and not replace:
+        raise ValueError(f"trunk {name!r} is already registered; pass replace=True to replace it")
+    table[name] = builder
+    return builder
+
+
+def create_trunk(name: str, **kwargs: Any) -> Trunk:
+    """The trunk registered as ``name``, built by its builder with ``kwargs``.
+
+    Args:
+        name: a name of :func:`list_trunks`, or ``"NS:REST"`` in a registered namespace
+            (``"timm:convnext_nano"``).
+        **kwargs: for the builder; torchvision's pass them to ``torchvision.models.get_model``
+            (``weights="DEFAULT"``), timm's to ``timm.create_model`` (``pretrained=True``).
+
+    Returns:
+        The builder's :class:`Trunk`, with ``arch`` set to ``name`` where the builder left it ``None``.
+
+    Raises:
+        ValueError: ``name`` is not registered (see :func:`check_trunk_name`), or its builder
+            returns no :class:`Trunk`.
+
+    Example:
+        >>> trunk = create_trunk("resnet18")
+        >>> trunk.stride, trunk.channels, trunk.cell_offset
+        (32, 512, 0.5)
+    """
+    check_trunk_name(name)
+    if name in _TRUNKS:
+        trunk = _TRUNKS[name](**kwargs)
+    else:
+        namespace = _namespace_of(name)
+        trunk = _NAMESPACES[namespace](name[len(namespace) :], **kwargs)
+    if not isinstance(trunk, Trunk):
+        raise ValueError(f"the builder of trunk {name!r} returned a {type(trunk).__name__}, not a Trunk")
+    if trunk.arch is None:
+        trunk.arch = name
+    return trunk
+
+
+def list_trunks(pattern: str | None = None) -> list[str]:
+    """The registered trunk names, sorted; with ``pattern``, those it matches (fnmatch, case-sensitive).
+
+    The names of a namespace are resolved on demand and not listed: ``"timm:NAME"`` takes any
+    of timm's CNNs (``timm.list_models()`` lists timm's names, vision transformers among them,
+    which are not trunks), so ``list_trunks("timm:*")`` is empty unless such a name is
+    registered in full.
+
+    Example:
+        >>> list_trunks("convnext_*")
+        ['convnext_base', 'convnext_large', 'convnext_small', 'convnext_tiny']
+    """
+    names = sorted(_TRUNKS)
+    return names if pattern is None else [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+
+
+def check_trunk_name(name: str) -> None:
+    """Refuse a name :func:`create_trunk` cannot build, without building anything.
+
+    Raises:
+        ValueError: ``name`` is neither registered nor in a registered namespace; the message
+            starts with ``repr(name)`` and suggests the closest registered names.
+
+    Example:
+        >>> check_trunk_name("timm:convnext_nano")  # a namespace's names pass unseen, timm or not
+        >>> check_trunk_name("resnet5")
+        Traceback (most recent call last):
+        ValueError: 'resnet5' is not a supported trunk (did you mean 'resnet50' or 'resnet152' or 'resnet34'?); ...
+    """
+    if isinstance(name, str) and (name in _TRUNKS or _namespace_of(name) is not None):
+        return
+    close = difflib.get_close_matches(name, list(_TRUNKS), n=3) if isinstance(name, str) else []
+    guess = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    namespaces = ", ".join(f"'{namespace}NAME'" for namespace in sorted(_NAMESPACES))
+    raise ValueError(
+        f"{name!r} is not a supported trunk{guess}; the trunks are the names of scrl.trunk.list_trunks() "
+        f"and {namespaces}; register another with scrl.trunk.register_trunk(name, builder)"
+    )
+
+
+def _namespace_of(name: str) -> str | None:
+    """The longest registered namespace that ``name`` lies in, with something after it; None if none."""
+    return max((ns for ns in _NAMESPACES if name.startswith(ns) and len(name) > len(ns)), key=len, default=None)
+
+
+def torchvision_trunk(arch: str | nn.Module, **kwargs: Any) -> Trunk:
     """A torchvision classification CNN without its global pool and classifier, returning its last map.
 
     ``trunk.body`` is an ``nn.Sequential`` of the model's own feature modules under their
@@ -142,8 +278,10 @@ def torchvision_trunk(arch: str | nn.Module) -> Trunk:
     Args:
         arch: a builder name of one of :data:`FAMILIES` (``"resnet50"``, ``"resnext50_32x4d"``,
             ``"wide_resnet50_2"``, ``"regnet_y_800mf"``, ``"convnext_tiny"``, ``"efficientnet_b0"``,
-            ``"efficientnet_v2_s"``, ``"mobilenet_v3_large"``, ...; built with random weights), or
-            such a model instance, whose modules are reused (not copied).
+            ``"efficientnet_v2_s"``, ``"mobilenet_v3_large"``, ...; :func:`supported_archs`), or such
+            a model instance, whose modules are reused (not copied).
+        **kwargs: for ``torchvision.models.get_model`` with a name; ``weights=None`` (random
+            init) unless given (``weights="DEFAULT"``).
 
     Returns:
         :class:`Trunk` with ``stride=32``, the map's ``channels``, the family's ``cell_offset``
@@ -152,7 +290,8 @@ def torchvision_trunk(arch: str | nn.Module) -> Trunk:
         building them).
 
     Raises:
-        ValueError: ``arch`` is no supported name or model; the message lists the families.
+        ValueError: ``arch`` is no supported name or model (the message lists the families), or
+            ``kwargs`` come with a model instance.
 
     Example:
         >>> trunk = torchvision_trunk("convnext_tiny")
@@ -160,10 +299,12 @@ def torchvision_trunk(arch: str | nn.Module) -> Trunk:
         (768, 16.0)
     """
     if isinstance(arch, str):
-        family = family_of(arch)
-        if family is None or arch not in supported_archs():
+        if arch not in supported_archs():
             raise ValueError(_unsupported(arch))
-        model = torchvision.models.get_model(arch, weights=None)
+        family = _family_of(arch)
+        model = torchvision.models.get_model(arch, **{"weights": None, **kwargs})
+    elif kwargs:
+        raise ValueError(f"options {', '.join(sorted(kwargs))} build a model by name; a model instance is used as it is")
     elif isinstance(arch, _FAMILY_CLASSES):
         model = arch
         family = next(name for cls, name in _FAMILY_CLASSES_TO_NAMES if isinstance(model, cls))
@@ -186,7 +327,7 @@ def _arch_of(model: nn.Module, family: str) -> str | None:
     """The builder name of a torchvision model instance, from the layout of its weights; None if unknown."""
     state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for name in supported_archs():
-        if family_of(name) != family:
+        if _family_of(name) != family:
             continue
         try:
             with torch.device("meta"):  # the layout only: nothing is allocated or initialised
@@ -232,19 +373,21 @@ class _TimmFeatures(nn.Module):
         self.model.load_state_dict(state)
 
 
-def timm_trunk(name: str) -> Trunk:
+def timm_trunk(name: str, **kwargs: Any) -> Trunk:
     """A timm model (random init) without its classifier, returning its last feature map.
 
     Needs the optional ``timm`` extra (``pip install "scrl[timm]"``); ``import scrl`` does not.
     The trunk's ``backbone_state_dict()`` is a timm state dict that
     ``timm.create_model(name).load_state_dict(sd, strict=False)`` takes with only the classifier
     missing. The stride comes from timm's ``feature_info``, the channels from ``num_features``,
-    and the cell offset is measured (:func:`~scrl.cell_centre.measure_cell_offset`).
+    and the cell offset is measured (:func:`~scrl.cell_centre.measure_cell_offset`). It is the
+    builder of the namespace :data:`TIMM_PREFIX`: ``create_trunk("timm:NAME")`` calls it.
 
     Args:
         name: a timm model name, with or without the ``"timm:"`` prefix (``"convnext_nano"``,
             ``"timm:regnety_002"``); the model must give a 4-d map from ``forward_features``
             (CNNs; not vision transformers).
+        **kwargs: for ``timm.create_model``; ``pretrained=False`` unless given, ``num_classes=0``.
 
     Raises:
         ValueError: timm is not installed, the name is unknown to it, or the model gives no map.
@@ -255,7 +398,7 @@ def timm_trunk(name: str) -> Trunk:
     except ImportError as err:
         raise ValueError(f"trunk 'timm:{name}' needs timm: pip install \"scrl[timm]\"") from err
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        model = timm.create_model(name, **{"pretrained": False, **kwargs}, num_classes=0)
     except RuntimeError as err:  # timm's "Unknown model"
         raise ValueError(f"timm has no model {name!r} ({err}); see timm.list_models()") from err
     body = _TimmFeatures(model)
@@ -288,7 +431,7 @@ def _unsupported(arch: object) -> str:
         f"arch {arch!r} is not a supported trunk: give a torchvision classifier of the families {families} "
         f"(e.g. {', '.join(('resnet50', 'resnext50_32x4d', 'regnet_y_800mf', 'convnext_tiny', 'efficientnet_b0', 'mobilenet_v3_large'))}; "
         "all: scrl.trunk.supported_archs()), a timm model as 'timm:NAME' (pip install \"scrl[timm]\"), or any module "
-        "returning a feature map wrapped as Trunk(module, stride, channels)"
+        "returning a feature map wrapped as Trunk(module, stride, channels) or registered with scrl.trunk.register_trunk"
     )
 
 
@@ -323,9 +466,18 @@ def resnet_trunk(arch: str | torchvision.models.ResNet) -> Trunk:
 
 
 def as_trunk(trunk: nn.Module | str) -> Trunk:
-    """``trunk`` itself if it is a :class:`Trunk`, else :func:`torchvision_trunk` of the name or model."""
+    """``trunk`` itself if it is a :class:`Trunk`, :func:`create_trunk` of a name, else :func:`torchvision_trunk` of a model."""
     if isinstance(trunk, Trunk):
         return trunk
-    if isinstance(trunk, str) and trunk.startswith(TIMM_PREFIX):
-        return timm_trunk(trunk)
+    if isinstance(trunk, str):
+        return create_trunk(trunk)
     return torchvision_trunk(trunk)
+
+
+def _register_builtin_trunks() -> None:
+    for name in supported_archs():
+        register_trunk(name, functools.partial(torchvision_trunk, name))
+    register_trunk(TIMM_PREFIX, timm_trunk)  # timm is imported only when such a trunk is built
+
+
+_register_builtin_trunks()

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from ..trunk import FAMILIES, is_supported_arch
+from ..trunk import check_trunk_name
 
 __all__ = ["ConfigError", "CPU_DEFAULTS", "GPU_DEFAULTS", "IDENTITY_FIELDS", "PRESETS", "PretrainConfig", "SCHEDULE_FIELDS"]
 
@@ -110,8 +110,9 @@ class PretrainConfig:
     Attributes:
         data: folder tree of images (e.g. ImageNet ``train/``); ``None``: synthetic scenes.
         method: ``"scrl"`` (the default) or ``"byol"``.
-        arch: trunk name, any torchvision CNN of :data:`scrl.trunk.FAMILIES` (``resnet50``,
-            ``convnext_tiny``, ``regnet_y_800mf``, ...); default resnet50 on GPU, resnet18 on CPU.
+        arch: trunk name of :func:`scrl.trunk.create_trunk`: a torchvision CNN by its builder name
+            (``resnet50``, ``convnext_tiny``, ``regnet_y_800mf``, ...), ``"timm:NAME"``, or a name given
+            to :func:`scrl.trunk.register_trunk`; default resnet50 on GPU, resnet18 on CPU.
         preset: paper hyper-parameters, a key of :data:`PRESETS`.
         epochs: epochs of the schedule.
         max_steps: stop after this many optimiser steps (the schedule still spans ``epochs``).
@@ -211,12 +212,11 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not ok(value):  # "not ok" also rejects nan
                 raise ConfigError(f"{name} must be {allowed}, got {value}")
-        if self.arch is not None and not is_supported_arch(self.arch):
-            raise ConfigError(
-                f"arch={self.arch!r} is not a supported trunk: any torchvision CNN of the families "
-                f"{', '.join(FAMILIES)} by its builder name, e.g. resnet50, convnext_tiny, regnet_y_800mf (all: "
-                "scrl.trunk.supported_archs()), or 'timm:NAME'; another module goes to Pretrainer(model=...)"
-            )
+        if self.arch is not None:
+            try:
+                check_trunk_name(self.arch)
+            except ValueError as err:  # the message starts with the name: "arch=" before it names the field
+                raise ConfigError(f"arch={err}; a whole model goes to Pretrainer(model=...)") from None
         if self.min_box_size is not None and self.image_size is not None and self.min_box_size > self.image_size:
             raise ConfigError(f"min_box_size must be at most image_size={self.image_size}, got {self.min_box_size}")
         if self.resume not in ("auto", "none") and not os.path.isfile(self.resume):
