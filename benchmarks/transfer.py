@@ -56,7 +56,9 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from scrl.data import ImageFolderDataset, LabelWarning, open_box_dataset, require_boxes_in
 from scrl.eval import build_detector, coco_box_ap, detection_classifier, roi_measures, split_by_image, train_detector
+from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval.detection import load_pycocotools
+from scrl.runtime import FolderLock, FolderLockedError
 from scrl.train import PretrainConfig, Pretrainer
 from scrl.trunk import Trunk, supported_archs
 
@@ -430,11 +432,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
         help="continue from --output-dir's transfer_<budget>_partial.json: rows it holds are not measured again "
              "(refused when it was made with other settings); total_seconds adds up the time of every run up to its last "
              "finished row")
+    add("--max-consecutive-unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE_UNREADABLE, metavar="N",
+        help="unreadable --eval-data images are skipped and named; N in a row stop the benchmark "
+             f"(default: {DEFAULT_MAX_CONSECUTIVE_UNREADABLE})")
     add("--verbose", action="store_true", help="show the pretraining and fine-tuning runs' own log lines")
     add("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
     overrides = {"steps": ("steps", 1), "image_size": ("view", 32), "batch_size": ("batch", 1), "seeds": ("seeds", 1),
-                 "det_iters": ("det_iters", 1), "pretrain_seed": (None, 0)}
+                 "det_iters": ("det_iters", 1), "pretrain_seed": (None, 0), "max_consecutive_unreadable": (None, 1)}
     for name, (_, low) in overrides.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -451,6 +456,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, b = parse_args(argv)
+    out = Path(args.output_dir)
+    lock = FolderLock(out)  # a second benchmark on this folder would delete and rewrite this one's runs
+    try:
+        lock.acquire()
+    except FolderLockedError as err:
+        refuse(f"--output-dir: {err}")
+    try:
+        return measure(args, b, argv)
+    finally:
+        lock.release()
+
+
+def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict[str, Any]:
+    """Everything :func:`main` does once the output folder is held: pretrain, evaluate, report."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.budget == "gpu" and device.type != "cuda":
         refuse("--budget gpu needs a CUDA device")
@@ -468,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         images = image_folders(pretrain_paths)
         with warnings.catch_warnings():  # annotation problems are listed once by the reader; the run goes on
             warnings.filterwarnings("ignore", r"\d+ annotation problem", LabelWarning)
-            data = open_box_dataset(eval_path, image_dir=args.eval_image_dir, split=True)
+            data = open_box_dataset(eval_path, image_dir=args.eval_image_dir, split=True,
+                                    max_consecutive_unreadable=args.max_consecutive_unreadable)
         for seed in range(b.seeds):  # each split needs boxes on both sides: found out before pretraining, not after
             for side, indices in zip(("training", "held-out"), split_by_image(len(data), args.test_fraction, seed=seed)):
                 require_boxes_in(data, indices, side)

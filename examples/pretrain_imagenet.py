@@ -24,6 +24,7 @@ import sys
 import warnings
 from typing import Iterator, get_args
 
+from scrl.data import DataError
 from scrl.runtime import FolderLockedError
 from scrl.train import PRESETS, CheckpointError, ConfigError, PretrainConfig, Pretrainer, RunWarning
 from scrl.train.config import CPU_DEFAULTS, FIXED_DEFAULTS, GPU_DEFAULTS, Amp, Device, Method, RoIPooling
@@ -99,29 +100,39 @@ def parser() -> argparse.ArgumentParser:
 
 
 class Console(logging.Handler):
-    """The library's log lines as this script shows them: settings named as flags, warnings on stderr.
+    """The library's log lines, on stdout; a signal's notice (WARNING) on stderr.
 
     One write per line: every rank writes to the same terminal, and separate writes of a line and
     its end interleave between processes.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = in_flags(record.getMessage())
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-        stream.write(f"warning: {text}\n" if record.levelno >= logging.WARNING else f"{text}\n")
-        stream.flush()
+        if record.levelno >= logging.WARNING:
+            show(f"warning: {record.getMessage()}", sys.stderr)
+        else:
+            show(record.getMessage(), sys.stdout)
+
+
+def show(line: str, stream) -> None:
+    stream.write(f"{line}\n")
+    stream.flush()
+
+
+def show_warning(message: Warning | str, category: type[Warning], *_: object) -> None:
+    """A warning as one line; the run's own (about its settings) name each setting as its flag."""
+    show(f"warning: {in_flags(str(message)) if issubclass(category, RunWarning) else message}", sys.stderr)
 
 
 @contextlib.contextmanager
 def console() -> Iterator[None]:
-    """Show the ``scrl`` logger's INFO lines and the run's warnings for the length of one run."""
+    """Show the ``scrl`` logger's INFO lines and every warning, one line each, for the length of one run."""
     logger, handler = logging.getLogger("scrl"), Console()
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     with warnings.catch_warnings():
         warnings.simplefilter("always", RunWarning)
-        warnings.showwarning = lambda message, *_: handler.emit(logging.makeLogRecord({"msg": str(message), "levelno": logging.WARNING}))
+        warnings.showwarning = show_warning
         try:
             yield
         finally:
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     with console():
         try:
             return Pretrainer(PretrainConfig(**vars(args))).run()
-        except (ConfigError, CheckpointError) as err:  # a setting or file the run cannot use: named, exit 2
+        except (ConfigError, CheckpointError, DataError, FileNotFoundError) as err:  # a setting, file or data the run cannot use: named, exit 2
             p.error(in_flags(str(err)))
         except FolderLockedError as err:  # another run is using --output-dir right now
             p.exit(2, f"error: {in_flags(str(err))}\n")

@@ -10,7 +10,7 @@ from .pooling import BoxPairPool, GlobalPool, PooledPairs
 from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk, torchvision_trunk
-from .train.lars import LARS, lars_param_groups
+from .lars import LARS, lars_param_groups
 from .schedule import cosine_tau, warmup_cosine
 
 __all__ = [
@@ -41,4 +41,4 @@ __all__ = [
     "warmup_cosine",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -375,3 +375,25 @@ def test_require_boxes_in_refuses_a_side_of_a_split_without_boxes(tmp_path: Path
     require_boxes_in(Subset(ds, [0]), [0], "training")  # without box counts the items are read
     with pytest.raises(BoxDataError):
         require_boxes_in(Subset(ds, [1, 2]), [0, 1], "training")
+
+
+@pytest.mark.parametrize("text, names", [
+    ("path: x\nnc: 3\n", ["0", "1", "2"]),  # the count alone
+    ("nc: 4\nnames: ['person', 'bicycle',\n  'car', 'motorcycle']  # classes\n", ["person", "bicycle", "car", "motorcycle"]),
+    ("names:\n  0: cat  # feline\n  1: 'dog # not a comment'\n", ["cat", "dog # not a comment"]),
+    ("names:\n  - a\n  # a comment line\n  - b\n", ["a", "b"]),
+    ("names: [cat, dog] # two\n", ["cat", "dog"]),
+])
+def test_yolo_yaml_names_in_the_forms_the_tools_write(tmp_path, text, names):
+    from scrl.data import read_class_names
+
+    (tmp_path / "data.yaml").write_text(text)
+    assert read_class_names(tmp_path / "data.yaml") == names
+
+
+def test_a_yolo_yaml_whose_count_contradicts_its_names_is_refused(tmp_path):
+    from scrl.data import read_class_names
+
+    (tmp_path / "data.yaml").write_text("nc: 2\nnames: [a, b, c]\n")
+    with pytest.raises(ValueError, match=r"data.yaml says nc: 2 but names 3 classes"):
+        read_class_names(tmp_path / "data.yaml")

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from scrl import ViewGeometry
-from scrl.data import ImageFolderDataset, ResumableSampler, TwoViewDataset, two_view_loader
+from scrl.data import DataError, ImageFolderDataset, ResumableSampler, TwoViewDataset, two_view_loader
 
 
 def _write_image(path, colour, fmt=None, size=(24, 16)):
@@ -95,7 +95,7 @@ def test_skipped_paths_reach_the_main_process_through_workers(tmp_path):
 def test_everything_unreadable_raises(tmp_path):
     for i in range(3):
         (tmp_path / f"{i}.jpg").write_text("text")
-    with pytest.raises(RuntimeError, match="3 unreadable images in a row"):
+    with pytest.raises(DataError, match="3 unreadable images in a row"):
         ImageFolderDataset(tmp_path).load(0)
 
 
@@ -105,7 +105,7 @@ def test_the_limit_on_unreadable_files_in_a_row_is_settable(tmp_path):
     _write_image(str(tmp_path / "4.png"), (4, 4, 4))
     assert len(ImageFolderDataset(tmp_path).load(0)[1]) == 4  # the default, 64, replaces all four
     assert len(ImageFolderDataset(tmp_path, max_consecutive_unreadable=5).load(0)[1]) == 4
-    with pytest.raises(RuntimeError, match=r"^4 unreadable images in a row .*max_consecutive_unreadable=4"):
+    with pytest.raises(DataError, match=r"^4 unreadable images in a row .*max_consecutive_unreadable=4"):
         ImageFolderDataset(tmp_path, max_consecutive_unreadable=4).load(0)
     with pytest.raises(ValueError, match="max_consecutive_unreadable must be an integer >= 1"):
         ImageFolderDataset(tmp_path, max_consecutive_unreadable=0)
@@ -139,3 +139,19 @@ def test_open_rgb_names_the_path_and_converts_16_bit(tmp_path):
     image = open_rgb(deep)
     assert image.mode == "RGB" and image.size == (5, 4)
     assert image.getpixel((0, 0)) == (40000 >> 8,) * 3
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise DataError("3 unreadable images in a row from 'x.jpg' on (max_consecutive_unreadable=3): the folder looks broken")
+
+
+def test_a_data_error_raised_in_a_worker_reads_as_the_worker_raised_it():
+    with pytest.raises(DataError) as caught:
+        next(iter(torch.utils.data.DataLoader(_Broken(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what the DataLoader makes of it
+    assert str(DataError.from_worker(caught.value)) == (
+        "3 unreadable images in a row from 'x.jpg' on (max_consecutive_unreadable=3): the folder looks broken")

@@ -70,3 +70,12 @@ def test_every_script_answers_help_in_a_fresh_process() -> None:
             failures.append(f"{name}: exit {process.returncode}\n{err[-2000:]}")
     assert not failures, "\n".join(failures)
     assert len(running) >= 11
+
+
+def test_import_scrl_loads_the_method_and_no_engine_export_or_evaluation() -> None:
+    code = "import sys, scrl; print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('scrl.')}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = eval(done.stdout)
+    assert {"models", "lars", "schedule", "transforms"} <= set(loaded)
+    assert not {"train", "eval", "export", "runtime", "viz"} & set(loaded), loaded

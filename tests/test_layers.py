@@ -51,7 +51,7 @@ def imported_modules(source: str, name: str, is_package: bool) -> list[tuple[int
 
     Importing ``scrl.a.b`` runs ``scrl/a/__init__.py`` first, so each parent package counts as
     imported too; ``from .a import b`` imports the submodule ``a.b`` where that is a file.
-    Imports inside functions count like those at the top.
+    Imports inside functions count like those at the top, and so does ``import_module("scrl.x")``.
     """
     package = name if is_package else name.rpartition(".")[0]
     targets: list[tuple[int, str]] = []
@@ -67,6 +67,12 @@ def imported_modules(source: str, name: str, is_package: bool) -> list[tuple[int
             # A name that is no submodule comes from the package's __init__ itself.
             whole = len(submodules) < len(node.names)
             targets += [(node.lineno, module) for module in submodules + ([base] if whole else [])]
+        elif isinstance(node, ast.Call) and _called_name(node.func) == "import_module" and node.args:
+            named = node.args[0]
+            if isinstance(named, ast.Constant) and isinstance(named.value, str):
+                dots = len(named.value) - len(named.value.lstrip("."))
+                parents = package.split(".")[: len(package.split(".")) - dots + 1] if dots else []
+                targets.append((node.lineno, ".".join(parents + [named.value.lstrip(".")])))
     found = []
     for line, target in targets:
         parts = target.split(".")
@@ -77,6 +83,10 @@ def imported_modules(source: str, name: str, is_package: bool) -> list[tuple[int
         # Every package on the way is initialised; the root always is, before anything else.
         found += [(line, ".".join(parts[:depth])) for depth in range(2, len(parts) + 1) if is_module(".".join(parts[:depth]))]
     return found
+
+
+def _called_name(func: ast.expr) -> str | None:
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
 
 
 def upward_imports(source: str, name: str, is_package: bool) -> list[str]:
@@ -104,16 +114,25 @@ def test_module_imports_nothing_from_a_layer_above_its_own(path: Path) -> None:
     assert not upward, f"{name} (layer {layer_of(name)}) imports from above its layer: " + "; ".join(upward)
 
 
+def test_the_package_root_imports_nothing_above_the_transforms() -> None:
+    # So that `import scrl` loads the method and its views, and no engine, export or evaluation code.
+    source = (PACKAGE / "__init__.py").read_text()
+    above = [f"line {line}: {module}" for line, module in imported_modules(source, "scrl", is_package=True)
+             if layer_of(module) > TABLE["scrl.transforms"]]
+    assert not above, "scrl/__init__.py imports " + "; ".join(above)
+
+
 def test_upward_imports_are_found_however_they_are_written() -> None:
     source = (
-        "from .train.lars import LARS\n"  # a package above, through one of its modules
+        "from .train.pretrainer import Pretrainer\n"  # a package above, through one of its modules
         "from . import viz\n"  # a module above, named as an attribute of the root
         "def later():\n"
         "    import scrl.export\n"  # inside a function
         "    from scrl import SCRL\n"  # the public face
         "from .box_sampler import BoxPairs\n"  # the same layer: allowed
+        "importlib.import_module('scrl.eval')\n"  # by name, at run time
     )
     found = upward_imports(source, "scrl.geometry", is_package=False)
-    assert [entry.split(":")[0] for entry in found] == ["line 1", "line 1", "line 2", "line 4", "line 5"]
-    assert {entry.split(": ")[1].split(" ")[0] for entry in found} == {"scrl", "scrl.train", "scrl.train.lars", "scrl.viz", "scrl.export"}
+    assert sorted(entry.split(":")[0] for entry in found) == ["line 1", "line 1", "line 2", "line 4", "line 5", "line 7"]
+    assert {entry.split(": ")[1].split(" ")[0] for entry in found} == {"scrl", "scrl.train", "scrl.train.pretrainer", "scrl.viz", "scrl.export", "scrl.eval"}
     assert upward_imports("from ..runtime import save_checkpoint\nfrom .coco import CocoBoxes\n", "scrl.data.yolo", False) == []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -96,7 +97,7 @@ def test_cpu_defaults_are_announced(script_main, tmp_path, capsys):
                            "--projection-dim", "16", "--workers", "0", "--output-dir", str(tmp_path)])
     assert summary["step"] == 1
     out = capsys.readouterr().out
-    assert "no GPU: using CPU defaults --epochs=10 --base-lr=0.45" in out and "--arch=resnet18" in out
+    assert "no GPU: using CPU defaults epochs=10 base_lr=0.45" in out and "arch=resnet18" in out
 
 
 @pytest.mark.parametrize(
@@ -217,3 +218,24 @@ def test_two_processes_decode_on_the_device_with_identical_weights_and_resume(tm
     ckpt = _checkpoint(tmp_path / "run")
     assert ckpt["step"] == 3 and ckpt["args"]["decode_on_device"] is True
     assert all(set(state["generators"]) == {"boxes", "augment"} for state in ckpt["rng"])  # one device stream per rank
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("folder, message", [
+    ("empty", r"image folder '.*empty' contains no images"),
+    ("unreadable", r"unreadable images in a row from '.*unreadable.*' on \(--max-consecutive-unreadable=3\): the folder looks broken"),
+    ("missing", r"image folder '.*missing' does not exist"),
+])
+def test_unusable_data_is_a_named_error_with_exit_status_2(script_main, tmp_path, capsys, folder, message, workers):
+    data = tmp_path / folder
+    if folder != "missing":
+        data.mkdir()
+    if folder == "unreadable":
+        for i in range(5):
+            (data / f"{i}.jpg").write_text("not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        script_main(TINY + ["--output-dir", str(tmp_path / "run"), "--data", str(data), "--workers", str(workers),
+                            "--max-consecutive-unreadable", "3", "--min-box-size", "8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and re.search(message, err), err
+    assert "Traceback" not in err and "DataLoader worker" not in err

@@ -254,3 +254,15 @@ def test_resume_measures_only_the_rows_a_killed_run_left(tmp_path: Path, monkeyp
         assert {k: out["methods"][method][k] for k in partial["pretraining"][method]} == partial["pretraining"][method]
     assert out["total_seconds"] > partial["seconds"] > 0  # the killed run's finished rows count too
     assert json.loads(printed[-1]) == json.loads((runs / "transfer_smoke.json").read_text())
+
+
+def test_a_second_benchmark_on_the_same_output_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # It would delete the first one's pretraining runs and rewrite its partial JSON.
+    from scrl.runtime import FolderLock
+
+    with FolderLock(tmp_path):  # another benchmark holds the folder
+        with pytest.raises(SystemExit) as stopped:
+            load_benchmark().main(["--output-dir", str(tmp_path), "--eval-data", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2
+    assert re.match(rf"error: --output-dir: {re.escape(str(tmp_path))} is in use by another run \(process \d+ ", capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scrl.lock"]  # nothing else touched

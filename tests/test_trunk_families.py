@@ -18,7 +18,7 @@ from scrl import BYOL, SCRL, BoxPairs, RoIPairPool, lars_param_groups
 from scrl.cell_centre import gradient_centroid, linearised_copy, measure_cell_offset
 from scrl.export import to_torchvision
 from scrl.trunk import FAMILIES, supported_archs, torchvision_trunk
-from scrl.train.lars import NORM_LAYERS
+from scrl.lars import NORM_LAYERS
 
 from test_cell_centre import BOXES, VIEW, pooled_feature_centres
 

@@ -4,6 +4,7 @@
 from .box_checks import BoxDataError, UnreadableImageWarning, require_boxes_in
 from .box_warp import hflip_with_boxes, resize_with_boxes
 from .coco import CocoBoxes
+from .data_error import DataError
 from .encoded_image import EncodedImage, read_encoded, read_for_device
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from .label_problems import LabelProblem, LabelWarning
@@ -29,6 +30,7 @@ __all__ = [
     "CocoBoxes",
     "collate_square_boxes",
     "collate_two_views",
+    "DataError",
     "EncodedImage",
     "EncodedTwoViewBatch",
     "EncodedTwoViewItem",

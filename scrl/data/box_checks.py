@@ -28,6 +28,7 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
+from .data_error import DataError
 from .image_file import open_rgb
 
 __all__ = ["BoxDataError", "UnreadableImageWarning", "require_boxes_in", "usable_images"]
@@ -36,7 +37,7 @@ __all__ = ["BoxDataError", "UnreadableImageWarning", "require_boxes_in", "usable
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
-class BoxDataError(ValueError):
+class BoxDataError(DataError):
     """A box dataset that evaluation or fine-tuning cannot use; the message names the dataset and what is missing.
 
     Raised for a dataset without images or boxes, too few images to split, a side of a split

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 import torch
 from PIL import Image
 
+from .data_error import DataError
 from .encoded_image import EncodedImage, read_for_device
 from .image_file import open_rgb
 
@@ -90,7 +91,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
         samples = sorted(_image_files(root))
         if not samples:
-            raise ValueError(
+            raise DataError(
                 f"image folder {root!r} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)} in any letter case, "
                 "in all sub-folders)"
             )
@@ -149,7 +150,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     cause = exc.__cause__ or exc
                     self.skipped[path] = f"{type(cause).__name__}: {cause}"
             skipped[path] = self.skipped[path]
-        raise RuntimeError(
+        raise DataError(
             f"{len(skipped)} unreadable images in a row from {self.samples[index % n]!r} on (max_consecutive_unreadable="
             f"{self.max_consecutive_unreadable}): the folder looks broken"
         )

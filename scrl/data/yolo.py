@@ -36,37 +36,67 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
-def _read_names_yaml(path: Path) -> list[str] | None:
-    """Read the ``names:`` entry of a YOLO dataset yaml without a yaml parser.
+def _without_comment(text: str) -> str:
+    """``text`` up to a YAML ``# comment``: a ``#`` at the start or after a blank, outside quotes."""
+    quote = None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or text[i - 1].isspace()):
+            return text[:i].strip()
+    return text.strip()
 
-    Handles the three forms the YOLO tools write: an indented ``id: name`` mapping, an
-    indented ``- name`` list, and an inline ``names: [a, b]`` list.
+
+def _flow_list(text: str) -> list[str]:
+    """The items of a YAML flow list ``[a, 'b c', "d"]`` (quoted or plain, comments already removed)."""
+    try:
+        return [str(n) for n in ast.literal_eval(text)]
+    except (ValueError, SyntaxError):  # YAML's unquoted flow list, [cat, dog]
+        return [_strip_quotes(n) for n in text.strip().strip("[]").split(",") if n.strip()]
+
+
+def _read_names_yaml(path: Path) -> list[str] | None:
+    """Read the class names of a YOLO dataset yaml without a yaml parser.
+
+    Handles the forms the YOLO tools write: an indented ``id: name`` mapping, an indented
+    ``- name`` list, and a flow list ``names: [a, b]``, also over several lines; trailing
+    ``# comments``; and ``nc: N``, the class count, alone (names ``"0"`` ... ``"N-1"``) or beside
+    the names, which it must then agree with.
     """
     lines = path.read_text(encoding="utf-8").splitlines()
+    counts = [_without_comment(line[len("nc:"):]) for line in lines if line.startswith("nc:")]
+    count = int(counts[0]) if counts and counts[0].isdigit() else None
+    names = None
     for i, line in enumerate(lines):
         if not line.startswith("names:"):
             continue
-        inline = line[len("names:") :].split("#")[0].strip()
+        inline = _without_comment(line[len("names:"):])
         if inline.startswith("["):
-            try:
-                return [str(n) for n in ast.literal_eval(inline)]
-            except (ValueError, SyntaxError):  # YAML's unquoted flow list, [cat, dog]
-                return [_strip_quotes(n) for n in inline.strip("[]").split(",") if n.strip()]
+            following = iter(lines[i + 1 :])
+            while "]" not in inline:  # a flow list over several lines
+                inline += " " + _without_comment(next(following, "]"))
+            names = _flow_list(inline[: inline.index("]") + 1])
+            break
         by_id: dict[int, str] = {}
         listed: list[str] = []
         for entry in lines[i + 1 :]:
-            if entry and not entry[0].isspace():
+            if entry and not entry[0].isspace() and not entry.lstrip().startswith("#"):
                 break
-            entry = entry.strip()
+            entry = _without_comment(entry)
             if entry.startswith("- "):
-                listed.append(_strip_quotes(entry[2:]))
+                listed.append(_strip_quotes(entry[2:].strip()))
             elif ":" in entry:
                 key, value = entry.split(":", 1)
-                by_id[int(key)] = _strip_quotes(value)
-        if by_id:
-            return [by_id.get(k, str(k)) for k in range(max(by_id) + 1)]
-        return listed or None
-    return None
+                by_id[int(key)] = _strip_quotes(value.strip())
+        names = [by_id.get(k, str(k)) for k in range(max(by_id) + 1)] if by_id else listed or None
+        break
+    if names is not None and count is not None and len(names) != count:
+        raise ValueError(f"{path} says nc: {count} but names {len(names)} classes")
+    if names is None and count is not None and count >= 1:
+        names = [str(k) for k in range(count)]
+    return names
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -88,13 +118,17 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"names file {path} does not exist")
-    if path.suffix.lower() == ".txt":
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        names = _read_names_yaml(path)
+    names = _names_in(path)
     if not names:
         raise ValueError(f"names file {path} names no class (one name per line in a .txt, or 'names:' in a .yaml)")
     return names
+
+
+def _names_in(path: Path) -> list[str] | None:
+    """The class names ``path`` holds, or ``None``; a ``ValueError`` when it contradicts itself."""
+    if path.suffix.lower() == ".txt":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] or None
+    return _read_names_yaml(path)
 
 
 def _find_class_names(root: Path) -> tuple[list[str], Path] | None:
@@ -102,11 +136,9 @@ def _find_class_names(root: Path) -> tuple[list[str], Path] | None:
     for folder in (root, root.parent):
         for name in _NAME_FILES:
             path = folder / name
-            if path.is_file():
-                try:
-                    return read_class_names(path), path
-                except ValueError:
-                    continue  # e.g. a dataset.yaml without names: the next file may have them
+            names = _names_in(path) if path.is_file() else None
+            if names:  # else, e.g. a dataset.yaml without names: the next file may have them
+                return names, path
     return None
 
 

@@ -71,7 +71,13 @@ class FolderLock:
             return
         os.makedirs(self.folder, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        if not _try_lock(fd):
+        try:
+            locked = _try_lock(fd)
+        except OSError as exc:  # e.g. ENOLCK: a file system without locks
+            os.close(fd)
+            raise OSError(exc.errno, f"cannot lock {self.folder} ({exc.strerror}): its file system offers no file locks, "
+                                     "so two runs could share it; use a folder on a local or lock-aware file system") from exc
+        if not locked:
             holder = _read_holder(fd)
             os.close(fd)
             raise FolderLockedError(f"{self.folder} is in use by another run ({holder}); wait for it to end, or use another folder")
@@ -99,6 +105,9 @@ class FolderLock:
 
 
 def _read_holder(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 512).decode(errors="replace").strip()
-    return text or "a process that has not written its name yet"
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 512).decode(errors="replace").strip()
+    except OSError:  # Windows locks the bytes themselves against reading
+        text = ""
+    return text or "a process that has not written its name yet, or whose name cannot be read"

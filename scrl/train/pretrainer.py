@@ -18,9 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..box_sampler import BoxPairSampler
-from ..data import EncodedTwoViewBatch, ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed
+from ..data import DataError, EncodedTwoViewBatch, ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewBatch, TwoViewDataset, mix_seed
 from ..data import open_box_dataset, two_view_loader
 from ..eval import roi_probe
+from ..lars import LARS, lars_param_groups
 from ..models import BYOL, SCRL
 from ..runtime.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..runtime.distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
@@ -28,7 +29,6 @@ from ..runtime.folder_lock import FolderLock, FolderLockedError
 from ..schedule import cosine_tau, warmup_cosine
 from ..transforms import BatchPhotometric, TwoViewCrops, TwoViewTransform, ViewDecoder, normalize_images
 from .config import BOX_FIELDS, FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
-from .lars import LARS, lars_param_groups
 from .output_dir import BACKBONE_FILE, RECORD_FILES, move_run_aside, run_files
 from .preflight import LOW_VALID_SHARE, box_fill, setting_warnings
 from .run_record import data_name, run_conflicts, run_record
@@ -590,7 +590,10 @@ class Pretrainer:
                 batches = iter(self.loader)
                 while self.batch_in_epoch < self.steps_per_epoch and self.step < self.last_step:
                     t0 = time.perf_counter()
-                    batch = next(batches).to(self.device, non_blocking=True)
+                    try:
+                        batch = next(batches).to(self.device, non_blocking=True)
+                    except DataError as err:  # a broken folder, met in a data worker
+                        raise DataError.from_worker(err) from None
                     data_wait += time.perf_counter() - t0
                     lr = self.optimizer.param_groups[0]["lr"]
                     loss, logs = self.train_step(batch)
