@@ -6,7 +6,9 @@ This is the bottom layer of the package: it imports nothing else of ``scrl``, so
 layer (export and evaluation as much as the training run) may use it.
 """
 
-from .checkpoint import LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_atomically,
+)
 from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
 from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
 
@@ -28,4 +30,5 @@ __all__ = [
     "set_rng_state",
     "unwrap_module",
     "wrap_ddp",
+    "write_atomically",
 ]

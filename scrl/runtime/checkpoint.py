@@ -13,12 +13,12 @@ import os
 import random
 import socket
 import tempfile
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "write_atomically", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
 
 LAST_CHECKPOINT = "checkpoint_last.pth"
 
@@ -37,23 +37,22 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically with :func:`torch.save`.
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temporary file beside ``path``, which replaces it.
 
     The data goes to a temporary file in the same folder, is fsync'ed, and replaces ``path``
     with :func:`os.replace`; the folder is fsync'ed too. If the process dies at any point,
-    ``path`` still holds the previous complete checkpoint (or does not exist yet), and a
-    leftover temporary file is removed by the next save on the same host. The temporary file
-    is named after the host and process writing it, so a save removes only the leftovers of
-    processes that are gone, never the file another live process is writing.
+    ``path`` still holds the previous complete file (or does not exist yet), and a leftover
+    temporary file is removed by the next write on the same host. The temporary file is named
+    after the host and process writing it, so a write removes only the leftovers of processes
+    that are gone, never the file another live process is writing.
 
     Args:
-        state: anything :func:`torch.save` accepts; keep to tensors, state dicts and plain
-            Python values so that :func:`load_checkpoint` can use ``weights_only=True``.
         path: destination file; its folder is created if missing.
+        write: writes the content to the binary file object it is given.
 
-    Example:
-        >>> save_checkpoint({"model": model.state_dict(), "step": 100}, "runs/a/checkpoint_last.pth")
+    Raises:
+        OSError: the file could not be written; the message names ``path`` and the cause.
     """
     path = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(path)
@@ -70,7 +69,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
         # mkstemp makes the file private (0600); the run's other outputs follow the umask.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,6 +81,20 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
             raise OSError(cause.errno, f"could not write {path}: {cause.strerror or cause}") from exc
         raise
     _fsync_dir(directory)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically with :func:`torch.save` (see :func:`write_atomically`).
+
+    Args:
+        state: anything :func:`torch.save` accepts; keep to tensors, state dicts and plain
+            Python values so that :func:`load_checkpoint` can use ``weights_only=True``.
+        path: destination file; its folder is created if missing.
+
+    Example:
+        >>> save_checkpoint({"model": model.state_dict(), "step": 100}, "runs/a/checkpoint_last.pth")
+    """
+    write_atomically(path, lambda f: torch.save(dict(state), f))
 
 
 def _writer_is_gone(tag: str) -> bool:
