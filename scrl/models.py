@@ -149,7 +149,7 @@ class TwoViewModel(nn.Module):
 
         Returns:
             ``(loss, logs)``: float32 scalar loss with gradient; ``logs`` maps ``"loss"``,
-            ``"valid_share"`` (fraction of valid rows, 1 without a mask) and ``"collapse_std"``
+            ``"valid_box_share"`` (fraction of valid rows, 1 without a mask) and ``"collapse_std"``
             (per-dimension std of the l2-normalised online projections, mean over dimensions;
             about ``1/sqrt(projection_dim)`` when healthy, 0 on collapse) to detached 0-dim
             tensors on the views' device. Nothing is read back to the host.
@@ -179,11 +179,11 @@ class TwoViewModel(nn.Module):
             z1, z2 = target["projector"](rows.target, mask).chunk(2)
         loss = scrl_loss(q1, z2, q2, z1, rows.valid)
         share = torch.ones((), device=loss.device) if rows.valid is None else rows.valid.float().mean()
-        logs = {"loss": loss.detach(), "valid_share": share, "collapse_std": _masked_collapse_std(z, mask)}
+        logs = {"loss": loss.detach(), "valid_box_share": share, "collapse_std": _masked_collapse_std(z, mask)}
         return loss, logs
 
     @torch.no_grad()
-    def update_target(self, step: int, total_steps: int) -> None:
+    def update_target(self, step: int, total_steps: int) -> float:
         """Move the target towards the online weights after optimiser step ``step``.
 
         Uses ``tau = cosine_tau(step, total_steps, tau_base)``: ``xi <- tau xi + (1 - tau) theta``.
@@ -191,8 +191,13 @@ class TwoViewModel(nn.Module):
         Args:
             step: index ``k`` of the optimiser step just taken, ``0 <= k <= total_steps``.
             total_steps: ``K``, optimiser steps of the whole run.
+
+        Returns:
+            The ``tau`` applied.
         """
-        self.target.update(self._online_encoder(), cosine_tau(step, total_steps, self.tau_base))
+        tau = cosine_tau(step, total_steps, self.tau_base)
+        self.target.update(self._online_encoder(), tau)
+        return tau
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
         """Online trunk weights under the key names of the model the trunk comes from.

@@ -11,26 +11,11 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from ..geometry import ViewGeometry, check_view_size
+from ..runtime.random_streams import mix_seed
 
 __all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views", "mix_seed"]
 
 TwoViewFn = Callable[[Any], tuple[Tensor, Tensor, ViewGeometry, ViewGeometry]]
-
-
-def mix_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key, their order and their number, e.g. ``mix_seed(seed, epoch, index)``.
-
-    Mixed with :class:`numpy.random.SeedSequence`, so nearby keys give unrelated streams. The
-    number of keys is mixed in too: ``SeedSequence`` alone pads short entropy with zeros, so
-    ``(seed, epoch)`` and ``(seed, epoch, 0)`` would give the same stream.
-
-    Example:
-        >>> torch.Generator().manual_seed(mix_seed(0, 3, 17))  # sample 17 of epoch 3
-    """
-    if not keys or min(keys) < 0:
-        raise ValueError(f"keys must be one or more integers >= 0, got {keys}")
-    state = np.random.SeedSequence([len(keys), *keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class TwoViewItem(NamedTuple):

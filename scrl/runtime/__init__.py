@@ -11,6 +11,7 @@ from .checkpoint import (
 )
 from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
 from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
+from .random_streams import RandomStreams, mix_seed
 
 __all__ = [
     "all_gather_object",
@@ -23,6 +24,8 @@ __all__ = [
     "init_distributed",
     "LAST_CHECKPOINT",
     "LOCK_FILE",
+    "mix_seed",
+    "RandomStreams",
     "latest_checkpoint",
     "load_checkpoint",
     "rng_state",

@@ -1,41 +1,44 @@
-"""The engine of a pretraining run: :class:`PretrainConfig` and :class:`Pretrainer`, and the pieces they
-are made of (stop signals, telemetry; the optimiser and schedules from :mod:`scrl.lars` and
-:mod:`scrl.schedule`, checkpoints and processes from :mod:`scrl.runtime`)."""
+"""The engine of a pretraining run: :class:`PretrainConfig` and :class:`Pretrainer`, the state a resume
+continues (:class:`TrainState`), the hooks into a run (:class:`Callback` and the built-in ones), and the
+optimiser and schedules of a run."""
 
 from ..lars import LARS, lars_param_groups
-from ..runtime.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..schedule import cosine_tau, warmup_cosine, warmup_cosine_factor
+from ..runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..runtime.random_streams import RandomStreams
+from ..schedule import cosine_tau, warmup_cosine
+from .build import build_dataset, build_model, build_transform, lars
+from .callbacks import BoxFillWatch, Callback, Checkpointing, ConsoleProgress, MetricsLog, NonFiniteGuard, RoIProbe, StopOnSignal
 from .config import CPU_DEFAULTS, GPU_DEFAULTS, PRESETS, ConfigError, PretrainConfig
-from .pretrainer import Pretrainer, RunWarning, build_dataset, build_model, build_transform, weights_digest
-from .stop_signal import StopSignal
-from .telemetry import DeviceMeans, MetricsLogger, NonFiniteWatch
+from .pretrainer import Pretrainer, RunWarning
+from .state import TrainState
 
 __all__ = [
+    "BoxFillWatch",
     "build_dataset",
     "build_model",
     "build_transform",
+    "Callback",
     "CheckpointError",
+    "Checkpointing",
     "ConfigError",
+    "ConsoleProgress",
     "cosine_tau",
     "CPU_DEFAULTS",
-    "DeviceMeans",
     "GPU_DEFAULTS",
     "LARS",
+    "lars",
     "lars_param_groups",
-    "latest_checkpoint",
     "load_checkpoint",
-    "MetricsLogger",
-    "NonFiniteWatch",
+    "MetricsLog",
+    "NonFiniteGuard",
     "PRESETS",
     "PretrainConfig",
     "Pretrainer",
-    "rng_state",
+    "RandomStreams",
+    "RoIProbe",
     "RunWarning",
     "save_checkpoint",
-    "set_rng_state",
-    "StopSignal",
+    "StopOnSignal",
+    "TrainState",
     "warmup_cosine",
-    "warmup_cosine_factor",
-    "weights_digest",
 ]
-

@@ -7,9 +7,9 @@ from torch.utils.data import default_collate
 
 from ..box_sampler import BoxPairSampler
 from ..data import TwoViewDataset
-from .config import PretrainConfig
+from .config import BOX_FIELDS, FIXED_DEFAULTS, MODEL_FIELDS, ConfigError, PretrainConfig
 
-__all__ = ["LOW_VALID_SHARE", "box_fill", "setting_warnings"]
+__all__ = ["LOW_VALID_SHARE", "box_fill", "check_boxes_fit", "cpu_defaults_notice", "setting_warnings"]
 
 # Below this share of filled box slots SCRL learns from few boxes per image; a run warns.
 LOW_VALID_SHARE = 0.25
@@ -64,3 +64,46 @@ def setting_warnings(
             "steps while it calibrates; use amp='bf16' or amp='off' on the CPU"
         )
     return messages
+
+
+def check_boxes_fit(dataset: TwoViewDataset, sampler: BoxPairSampler | None, config: PretrainConfig) -> list[str]:
+    """Refuse a run whose box pairs cannot fit in its views; the warning when few do (a list of at most one).
+
+    Args:
+        dataset: the run's two-view dataset.
+        sampler: the model's box sampler (nothing to check without one: BYOL).
+        config: the resolved config.
+
+    Raises:
+        ConfigError: no box pair fits.
+    """
+    if not isinstance(sampler, BoxPairSampler):
+        return []
+    share, pairs = box_fill(dataset, sampler, seed=config.seed)
+    size = config.image_size
+    where = f"min_box_size={sampler.min_size:g} px boxes in image_size={size} px views"
+    remedy = f"raise image_size={size} or lower min_box_size={sampler.min_size:g}"
+    if share == 0:
+        raise ConfigError(
+            f"no box pair fits: {where} (none in {pairs} view pairs of the images, cropped as in training), so SCRL "
+            f"would train on nothing; {remedy}"
+        )
+    if share < LOW_VALID_SHARE:
+        return [f"only {share:.0%} of the box slots hold a pair with {where} ({pairs} view pairs sampled; below "
+                f"{LOW_VALID_SHARE:.0%}, SCRL learns from few boxes); {remedy}"]
+    return []
+
+
+def cpu_defaults_notice(config: PretrainConfig, filled: list[str], *, model_given: bool, dataset_given: bool) -> str:
+    """The line that names the CPU defaults a run picked (only those that apply), or ``""``.
+
+    Args:
+        config: the resolved config.
+        filled: the fields :meth:`PretrainConfig.resolve` filled.
+        model_given, dataset_given: the run trains a given model / on a given dataset.
+    """
+    unused = set(FIXED_DEFAULTS) | (set(MODEL_FIELDS) if model_given else set())
+    unused |= set(BOX_FIELDS) if not model_given and config.method == "byol" else set()
+    unused |= {"synthetic_images"} if config.data is not None or dataset_given else set()
+    picked = " ".join(f"{name}={getattr(config, name)}" for name in filled if name not in unused)
+    return f"no GPU: using CPU defaults {picked} (set any of them explicitly to override)" if picked else ""

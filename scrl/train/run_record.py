@@ -14,11 +14,14 @@ import hashlib
 import os
 from typing import Any, Mapping
 
-from torch import nn
+from torch import Tensor, nn
 
-from .config import BOX_FIELDS, IDENTITY_FIELDS, MODEL_FIELDS, SCHEDULE_FIELDS, PretrainConfig
+from ..runtime.checkpoint import CheckpointError
 
-__all__ = ["data_name", "model_signature", "run_conflicts", "run_record"]
+from .config import BOX_FIELDS, IDENTITY_FIELDS, MODEL_FIELDS, SCHEDULE_FIELDS, ConfigError, PretrainConfig
+from .state import STATE_KEYS
+
+__all__ = ["check_resumable", "data_name", "model_signature", "run_conflicts", "run_record"]
 
 def model_signature(model: nn.Module) -> str:
     """A short digest of the model's state-dict names, shapes and dtypes (not its values)."""
@@ -94,3 +97,35 @@ def data_name(config: PretrainConfig, dataset_given: bool, dataset: Any) -> str:
     if dataset_given:
         return type(dataset).__name__
     return os.path.abspath(config.data) if config.data is not None else "synthetic"
+
+
+def check_resumable(checkpoint: Mapping[str, Any], source: str, record: Mapping[str, Any], *, overwrite: bool) -> None:
+    """Raise unless ``checkpoint`` is a training checkpoint of the run ``record`` describes.
+
+    Args:
+        checkpoint: the loaded file.
+        source: how errors name it (its path).
+        record: this run's :func:`run_record`.
+        overwrite: whether the run may move an old run aside (said in the advice).
+
+    Raises:
+        CheckpointError: it is no training checkpoint (a backbone export, an earlier format).
+        ConfigError: it is another run; the message lists each field that differs.
+    """
+    missing = [key for key in (*STATE_KEYS, "args", "run") if key not in checkpoint]
+    if missing and set(missing) <= {"run", "streams"}:
+        raise CheckpointError(
+            f"{source} was written by an earlier version of scrl, which did not record what the run is and its random "
+            "streams: it cannot be resumed safely; start a new run (in this output_dir with overwrite=True, which moves "
+            "it aside), or start one from its weights with init_from"
+        )
+    if missing:
+        looks_like = " (it holds only weights, like a backbone export)" if all(isinstance(v, Tensor) for v in checkpoint.values()) else ""
+        raise CheckpointError(f"{source} is not a training checkpoint of scrl.train{looks_like}: it has no {missing}")
+    conflicts = run_conflicts(checkpoint["run"], record)
+    if conflicts:
+        retry = "" if overwrite else ", or in this one with overwrite=True, which moves the old run aside"
+        raise ConfigError(
+            f"cannot resume {source}: it is another run ({'; '.join(conflicts)}). Resume it with its own settings, or "
+            f"start a new run in another output_dir{retry}"
+        )

@@ -7,13 +7,14 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "NonFiniteWatch"]
+__all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "IntervalMeter", "NonFiniteWatch"]
 
 _logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class DeviceMeans:
         ...     loss, logs = model(view1, view2, geom1, geom2)
         ...     means.add(logs)  # {"loss": 0-dim tensor, ...}
         >>> means.read()  # mean over the 10 steps (and over all processes)
-        {'loss': 3.21, 'valid_share': 0.48, 'collapse_std': 0.06}
+        {"loss": 3.21, "valid_box_share": 0.48, "collapse_std": 0.06}
     """
 
     def __init__(self) -> None:
@@ -64,6 +65,37 @@ class DeviceMeans:
         means = dict(zip(self._keys, (total / count).tolist()))
         self._keys, self._sum, self.count = None, None, 0
         return means
+
+
+class IntervalMeter:
+    """What a logging interval measured: the means of the step logs, the steps, the seconds and the time spent waiting for data.
+
+    Example:
+        >>> meter = IntervalMeter()
+        >>> meter.add(logs, data_wait=0.01)  # every step, no synchronisation
+        >>> meter.read()  # at a log step: one read-back, and the next interval starts
+        {'means': {'loss': 3.2, ...}, 'steps': 10, 'seconds': 4.1, 'data_wait': 0.3}
+    """
+
+    def __init__(self) -> None:
+        self.means = DeviceMeans()
+        self._restart()
+
+    def _restart(self) -> None:
+        self.started, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def add(self, logs: Mapping[str, Tensor], data_wait: float) -> None:
+        """Count one step: its logs (0-dim tensors) and the seconds it waited for its batch."""
+        self.means.add(logs)
+        self.steps += 1
+        self.data_wait += data_wait
+
+    def read(self) -> dict[str, Any]:
+        """The interval so far (means over processes: a collective), and start the next one."""
+        record = {"means": self.means.read(), "steps": self.steps, "seconds": time.perf_counter() - self.started,
+                  "data_wait": self.data_wait}
+        self._restart()
+        return record
 
 
 class NonFiniteWatch:

@@ -1,0 +1,76 @@
+"""What a config builds: the images, the workers' transform, the model, and the default optimiser."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import Dataset
+
+from ..data import ImageFolderDataset, SyntheticScenes
+from ..lars import LARS
+from ..models import BYOL, SCRL
+from ..transforms import TwoViewCrops, TwoViewTransform
+from .config import PretrainConfig
+
+__all__ = ["OptimizerFactory", "build_dataset", "build_model", "build_transform", "lars", "weights_digest"]
+
+OptimizerFactory = Callable[[list[dict[str, Any]]], Optimizer]
+_ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
+
+
+def build_dataset(config: PretrainConfig) -> Dataset:
+    """The images of a run: the folder tree ``config.data``, or synthetic scenes 1.5x the view side.
+
+    Raises:
+        DataError: the folder holds no image (before any worker starts).
+    """
+    if config.data is not None:
+        return ImageFolderDataset(config.data, max_consecutive_unreadable=config.max_consecutive_unreadable)
+    if config.synthetic_images is None or config.image_size is None:
+        raise ValueError("build_dataset needs a resolved config (PretrainConfig.resolve) for synthetic scenes")
+    return SyntheticScenes(config.synthetic_images, image_size=round(1.5 * config.image_size), seed=config.seed)
+
+
+def build_transform(config: PretrainConfig) -> TwoViewTransform | TwoViewCrops:
+    """The data workers' two-view transform: all augmentation, geometry only (``augment_on_device``),
+    or geometry without decoding (``decode_on_device``); views of ``config.image_size``, uint8."""
+    if config.decode_on_device:
+        return TwoViewCrops.byol(size=config.image_size)
+    photometric = "device" if config.augment_on_device else True
+    return TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
+
+
+def build_model(config: PretrainConfig) -> SCRL | BYOL:
+    """``SCRL`` or ``BYOL`` with the trunk, heads, boxes and pooling rule of ``config`` (random init)."""
+    if config.arch is None or config.tau_base is None:
+        raise ValueError("build_model needs a resolved config (PretrainConfig.resolve): arch and tau_base are unset")
+    heads = dict(projector_hidden=config.projector_hidden, projection_dim=config.projection_dim, tau_base=config.tau_base)
+    if config.method == "scrl":
+        return SCRL(config.arch, num_boxes=config.num_boxes, min_size=config.min_box_size,
+                    roi_aligned=_ROI_ALIGNED[config.roi_pooling], **heads)
+    return BYOL(config.arch, **heads)
+
+
+def lars(param_groups: list[dict[str, Any]]) -> LARS:
+    """The paper's optimiser, the default of :class:`~scrl.train.Pretrainer`: LARS, momentum 0.9, trust coefficient 0.001.
+
+    Args:
+        param_groups: groups of :func:`~scrl.lars.lars_param_groups`, each with its ``lr`` and ``weight_decay``.
+    """
+    return LARS(param_groups, lr=param_groups[0]["lr"], momentum=0.9, eta=0.001)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of all parameters, online and target, to compare processes.
+
+    Buffers are left out: without SyncBatchNorm (CPU runs) each process keeps its own running
+    statistics, while the parameters must agree bit for bit.
+    """
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
