@@ -10,7 +10,7 @@ from .checkpoint import (
     LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_atomically,
 )
 from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
-from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
+from .folder_lock import FolderLock, FolderLockedError
 
 __all__ = [
     "all_gather_object",
@@ -22,7 +22,6 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "LAST_CHECKPOINT",
-    "LOCK_FILE",
     "latest_checkpoint",
     "load_checkpoint",
     "rng_state",
