@@ -42,7 +42,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 from scrl import TwoViewTransform
-from scrl.data import EncodedTwoViewItem, collate_two_views, read_encoded, read_for_device
+from scrl.data import EncodedTwoViewItem, collate_two_views, read_encoded
+from scrl.data.encoded_image import read_for_device
 from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPhotometric, TwoViewCrops, ViewDecoder, byol_photometric, byol_view
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared/data/coco128-train" / "images"

@@ -24,7 +24,7 @@ import time
 import torch
 
 from scrl import BoxPairSampler, ViewGeometry
-from scrl.transforms import random_resized_crop_params
+from scrl.transforms.geometric import random_resized_crop_params
 
 
 def view_geometries(batch: int, size: int, seed: int) -> tuple[ViewGeometry, ViewGeometry]:

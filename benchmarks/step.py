@@ -33,7 +33,7 @@ import torchvision
 from torch import Tensor, nn
 
 from scrl import BYOL, LARS, SCRL, MomentumTarget, ViewGeometry, lars_param_groups
-from scrl.transforms import random_resized_crop_params
+from scrl.transforms.geometric import random_resized_crop_params
 from scrl.trunk import supported_archs
 
 

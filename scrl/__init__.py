@@ -11,7 +11,7 @@ from .roi_pool import RoIPairPool, pool_boxes, roi_pair_pool
 from .transforms import TwoViewTransform
 from .trunk import Trunk, resnet_trunk, torchvision_trunk
 from .lars import LARS, lars_param_groups
-from .schedule import cosine_tau, warmup_cosine
+from .schedule import warmup_cosine
 
 __all__ = [
     "BoxPairPool",
@@ -19,7 +19,6 @@ __all__ = [
     "BoxPairSampler",
     "BYOL",
     "byol_loss",
-    "cosine_tau",
     "GlobalPool",
     "LARS",
     "lars_param_groups",

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["linearised_copy", "gradient_centroid", "measure_cell_offset", "map_cell_geometry"]
+__all__ = ["linearised_copy", "measure_cell_offset", "map_cell_geometry"]
 
 _ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,

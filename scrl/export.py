@@ -31,11 +31,8 @@ from .runtime.checkpoint import load_checkpoint
 from .trunk import FAMILIES, TIMM_PREFIX, supported_archs, torchvision_trunk
 
 __all__ = [
-    "DETECTRON2_PIXEL_MEAN",
-    "DETECTRON2_PIXEL_STD",
     "backbone_state_dict",
     "detectron2_config",
-    "detectron2_key",
     "load_source",
     "resnet_arch",
     "save_detectron2",

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from .cell_centre import measure_cell_offset
 
 __all__ = [
-    "FAMILIES", "RESNET_ARCHS", "TIMM_PREFIX", "Trunk", "as_trunk", "check_trunk_name", "create_trunk",
-    "evaluating", "list_trunks", "register_trunk", "resnet_trunk", "supported_archs", "timm_trunk", "torchvision_trunk",
+    "TIMM_PREFIX", "Trunk", "check_trunk_name", "create_trunk", "list_trunks", "register_trunk", "resnet_trunk",
+    "supported_archs", "timm_trunk", "torchvision_trunk",
 ]
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")

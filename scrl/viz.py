@@ -11,7 +11,7 @@ from torchvision.utils import draw_bounding_boxes
 from .box_sampler import BoxPairs
 from .transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["PALETTE", "draw_box_pairs", "to_uint8_image"]
+__all__ = ["draw_box_pairs", "to_uint8_image"]
 
 # Ten well-separated colours (matplotlib's "tab10"), cycled over the K pairs.
 PALETTE = (

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from scrl import ViewGeometry
-from scrl.data import ResumableSampler, SyntheticScenes, TwoViewDataset, collate_two_views, mix_seed, two_view_loader
+from scrl.data import ResumableSampler, SyntheticScenes, TwoViewDataset, collate_two_views, two_view_loader
+from scrl.runtime.random_streams import mix_seed
 
 
 def _noisy_views(image):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from scrl.data import SyntheticScenes
-from scrl.eval import build_detector, detection_classifier, roi_measures, split_by_image, step_lr
-from scrl.eval.detection import DetectionData, load_pycocotools
+from scrl.eval import build_detector, detection_classifier, roi_measures, split_by_image
+from scrl.eval.detection import DetectionData, load_pycocotools, step_lr
 from scrl.trunk import torchvision_trunk
 
 

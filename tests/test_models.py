@@ -10,11 +10,11 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from scrl import (
-    BYOL, LARS, SCRL, BoxPairSampler, RoIPairPool, Trunk, ViewGeometry, cosine_tau, lars_param_groups, resnet_trunk,
-    roi_pair_pool,
+    BYOL, LARS, SCRL, BoxPairSampler, RoIPairPool, Trunk, ViewGeometry, lars_param_groups, resnet_trunk, roi_pair_pool,
 )
 from scrl.models import TwoViewModel
 from scrl.pooling import BoxPairPool, GlobalPool
+from scrl.schedule import cosine_tau
 
 SMALL = dict(projector_hidden=256, projection_dim=64)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from scrl import MomentumTarget, cosine_tau
+from scrl import MomentumTarget
+from scrl.schedule import cosine_tau
 
 
 def small_net() -> nn.Module:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scrl.runtime import LOCK_FILE, FolderLock, FolderLockedError
+from scrl.runtime import FolderLock, FolderLockedError
+from scrl.runtime.folder_lock import LOCK_FILE
 from scrl.train import PretrainConfig, Pretrainer, RunWarning, pretrainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from PIL import Image
 
 import scrl
 from scrl.data import SyntheticScenes, TwoViewDataset
-from scrl.train import PRESETS, PretrainConfig, Pretrainer, build_dataset, build_model, pretrainer
+from scrl.train import PRESETS, Callback, PretrainConfig, Pretrainer, build_dataset, build_model, pretrainer
 from scrl.runtime import load_checkpoint
 from scrl.schedule import cosine_tau, warmup_cosine_factor
 
@@ -228,14 +228,20 @@ def test_stop_and_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
                        torch.load(reference / "backbone_torchvision.pth")["layer4.1.bn2.weight"])
 
 
-def test_state_dict_round_trip_continues_exactly(uninterrupted, tmp_path):
-    """load_state_dict of a fresh Pretrainer, then run with resume='none', is the same as resuming from the file."""
+def test_train_state_round_trip_continues_exactly(uninterrupted, tmp_path):
+    """TrainState.load_state_dict of a checkpoint, in a fresh run with resume='none', continues as resuming the file."""
     reference, _ = uninterrupted
     run(tmp_path / "a", max_steps=3)
-    trainer = Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "b"), "resume": "none"}))
-    trainer.load_state_dict(checkpoint(tmp_path / "a"))
-    assert (trainer.step, trainer.epoch, trainer.batch_in_epoch) == (3, 1, 1)
-    assert trainer.run()["weights_sha256"] == Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "a")})).run()["weights_sha256"]
+
+    class LoadAtStart(Callback):
+        def on_train_start(self, trainer):
+            trainer.state.load_state_dict(checkpoint(tmp_path / "a"))
+            self.position = (trainer.state.step, trainer.state.epoch, trainer.state.batch_in_epoch)
+
+    loader = LoadAtStart()
+    summary = Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "b"), "resume": "none"}), callbacks=[loader]).run()
+    assert loader.position == (3, 1, 1)
+    assert summary["weights_sha256"] == Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "a")})).run()["weights_sha256"]
     assert_same_weights(checkpoint(tmp_path / "b"), checkpoint(reference))
 
 

@@ -21,12 +21,12 @@ from scrl.transforms import (
     RandomHorizontalFlip,
     RandomResizedCrop,
     ViewTransform,
-    blur_kernel_size,
     byol_photometric,
     byol_view,
     normalize_images,
-    random_resized_crop_params,
 )
+from scrl.transforms.geometric import random_resized_crop_params
+from scrl.transforms.photometric import blur_kernel_size
 
 
 def noise_image(width: int = 300, height: int = 200, seed: int = 0) -> Image.Image:

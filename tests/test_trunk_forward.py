@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from scrl.eval import forward_images, module_device
+from scrl.eval import forward_images
+from scrl.eval.trunk_forward import module_device
 from scrl.runtime import unwrap_module
 from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD
 

@@ -5,8 +5,8 @@ from .box_checks import BoxDataError, UnreadableImageWarning, require_boxes_in
 from .box_warp import hflip_with_boxes, resize_with_boxes
 from .coco import CocoBoxes
 from .data_error import DataError
-from .encoded_image import EncodedImage, read_encoded, read_for_device
-from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset
+from .encoded_image import EncodedImage, read_encoded
+from .image_folder import ImageFolderDataset
 from .label_problems import LabelProblem, LabelWarning
 from .loader import two_view_loader
 from .open_boxes import HELD_OUT_SEED, open_box_dataset
@@ -21,7 +21,6 @@ from .two_view import (
     TwoViewDataset,
     TwoViewItem,
     collate_two_views,
-    mix_seed,
 )
 from .yolo import YoloBoxes, read_class_names
 
@@ -36,15 +35,12 @@ __all__ = [
     "EncodedTwoViewItem",
     "HELD_OUT_SEED",
     "hflip_with_boxes",
-    "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "LabelProblem",
     "LabelWarning",
-    "mix_seed",
     "open_box_dataset",
     "read_class_names",
     "read_encoded",
-    "read_for_device",
     "require_boxes_in",
     "resize_with_boxes",
     "ResumableSampler",

@@ -125,7 +125,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """Image ``index`` undecoded when it is a JPEG the device decodes, else decoded as :meth:`load` does.
 
         The reading side of decoding on the device (:class:`~scrl.transforms.TwoViewCrops`):
-        a JPEG comes back as its bytes and header size (:func:`~scrl.data.read_for_device`); any
+        a JPEG comes back as its bytes and header size (:func:`~scrl.data.encoded_image.read_for_device`); any
         other file, or a JPEG the device cannot decode, is decoded here, and an unreadable file
         is replaced and reported exactly as by :meth:`load`.
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, default_collate
 from ..geometry import ViewGeometry, check_view_size
 from ..runtime.random_streams import mix_seed
 
-__all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views", "mix_seed"]
+__all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views"]
 
 TwoViewFn = Callable[[Any], tuple[Tensor, Tensor, ViewGeometry, ViewGeometry]]
 

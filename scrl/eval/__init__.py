@@ -10,7 +10,7 @@ when AP is computed). The square-resized box images they read are :class:`scrl.d
 """
 
 from .bn_adaptation import adapted_trunk
-from .detection import DetectionData, build_detector, coco_box_ap, detection_classifier, step_lr, train_detector
+from .detection import build_detector, coco_box_ap, detection_classifier, train_detector
 from .frozen import frozen_copy
 from .knn import knn_predict
 from .linear_head import top1_accuracy, train_linear_head
@@ -18,10 +18,9 @@ from .measures import RoIMeasures, roi_measures
 from .retrieval import RetrievalResult, cross_view_retrieval
 from .roi_eval import RoIEvalResult, roi_linear_eval, roi_probe, split_by_image
 from .roi_features import RoIFeatures, extract_roi_features
-from .trunk_forward import forward_images, module_device
+from .trunk_forward import forward_images
 
 __all__ = [
-    "DetectionData",
     "RetrievalResult",
     "RoIEvalResult",
     "RoIFeatures",
@@ -35,12 +34,10 @@ __all__ = [
     "forward_images",
     "frozen_copy",
     "knn_predict",
-    "module_device",
     "roi_linear_eval",
     "roi_measures",
     "roi_probe",
     "split_by_image",
-    "step_lr",
     "top1_accuracy",
     "train_detector",
     "train_linear_head",

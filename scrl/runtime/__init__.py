@@ -10,8 +10,8 @@ from .checkpoint import (
     LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_atomically,
 )
 from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
-from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
-from .random_streams import RandomStreams, mix_seed
+from .folder_lock import FolderLock, FolderLockedError
+from .random_streams import RandomStreams
 
 __all__ = [
     "all_gather_object",
@@ -23,11 +23,9 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "LAST_CHECKPOINT",
-    "LOCK_FILE",
-    "mix_seed",
-    "RandomStreams",
     "latest_checkpoint",
     "load_checkpoint",
+    "RandomStreams",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-__all__ = ["RandomStreams", "mix_seed"]
+__all__ = ["RandomStreams"]
 
 _PROCESS_STREAMS = 0x52414E4B  # "RANK": keeps the per-process streams apart from the per-sample seeds
 

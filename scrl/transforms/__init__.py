@@ -20,10 +20,10 @@ and :class:`~scrl.BoxPairSampler`, take an optional ``torch.Generator`` on that 
 """
 
 from .batch_photometric import BatchPhotometric
-from .geometric import RandomHorizontalFlip, RandomResizedCrop, random_resized_crop_params, resized_crop
+from .geometric import RandomHorizontalFlip, RandomResizedCrop
 from .resample import resample_crops
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
-from .photometric import GaussianBlur, blur_kernel_size, byol_photometric
+from .photometric import GaussianBlur, byol_photometric
 from .two_view_crops import TwoViewCrops
 from .view import TwoViewTransform, ViewTransform, byol_view
 from .view_decoder import DamagedImageWarning, DecodedViews, ViewDecoder
@@ -41,11 +41,8 @@ __all__ = [
     "TwoViewTransform",
     "ViewDecoder",
     "ViewTransform",
-    "blur_kernel_size",
     "byol_photometric",
     "byol_view",
     "normalize_images",
-    "random_resized_crop_params",
     "resample_crops",
-    "resized_crop",
 ]
