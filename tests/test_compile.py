@@ -40,8 +40,8 @@ def test_forward_and_backward_compile_without_graph_breaks(cls, arch):
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     results = []
     for fn in (compiled, model):
-        # Box sampling draws from the global RNG: a Generator argument cannot be traced, which is
-        # why scrl.train.Pretrainer passes generator=None under compile=True.
+        # Without a generator box sampling draws from the global RNG and the whole step is one
+        # graph; with one, each draw is a graph break (the next test).
         torch.manual_seed(1)
         loss, logs = fn(*inputs, generator=None)
         model.zero_grad(set_to_none=True)
@@ -54,6 +54,20 @@ def test_forward_and_backward_compile_without_graph_breaks(cls, arch):
     torch.testing.assert_close(grads_c, grads_e)
     if cls is SCRL:
         assert 0 < logs_c["valid_share"] < 1  # some box slots invalid: the static-shape path is exercised
+
+
+@pytest.mark.slow
+def test_compiled_model_draws_boxes_from_a_generator_as_eager_does():
+    """scrl.train.Pretrainer passes its "boxes" stream under compile too: the draws run eagerly between graphs."""
+    torch.manual_seed(0)
+    model = SCRL("resnet18", **SMALL)
+    inputs = views_and_geometries()
+    compiled = torch.compile(model, backend="aot_eager")
+    results = [fn(*inputs, generator=torch.Generator().manual_seed(3)) for fn in (compiled, model)]
+    torch.testing.assert_close(results[0][0].detach(), results[1][0].detach())
+    torch.testing.assert_close(results[0][1], results[1][1])
+    other = model(*inputs, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(other[0].detach(), results[1][0].detach())  # the generator does choose the boxes
 
 
 @pytest.mark.parametrize("view", [1, 2])

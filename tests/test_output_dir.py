@@ -117,7 +117,7 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_afresh_with_a_notice
 
 def test_batch_size_one_without_sync_batchnorm_warns(tmp_path):
     with pytest.warns(RunWarning, match=r"batch_size=1 per process without SyncBatchNorm"):
-        Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path), "batch_size": 1, "synthetic_images": 2}))
+        Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path), "batch_size": 1, "synthetic_images": 2, "max_steps": 1})).run()
 
 
 def test_a_run_that_is_not_started_holds_nothing(tmp_path):

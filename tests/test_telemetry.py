@@ -59,7 +59,7 @@ def test_missing_tensorboard_is_said_once_per_process(tmp_path):
     code = (
         "import logging, sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
         "logging.basicConfig(level=logging.INFO)\n"
-        "from scrl.train import MetricsLogger\n"
+        "from scrl.train.telemetry import MetricsLogger\n"
         f"for name in 'ab': MetricsLogger({str(tmp_path)!r} + '/' + name).close()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

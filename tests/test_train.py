@@ -16,8 +16,8 @@ import torchvision
 from PIL import Image
 
 import scrl
-from scrl.data import SyntheticScenes, TwoViewDataset
-from scrl.train import PRESETS, Callback, PretrainConfig, Pretrainer, build_dataset, build_model, pretrainer
+from scrl.data import ResumableSampler, SyntheticScenes, TwoViewDataset, two_view_loader
+from scrl.train import PRESETS, Callback, PretrainConfig, Pretrainer, build_dataset, build_model, build_transform, device_views, pretrainer
 from scrl.runtime import load_checkpoint
 from scrl.schedule import cosine_tau, warmup_cosine_factor
 
@@ -261,7 +261,7 @@ def test_roi_probe_logs_accuracy_each_epoch_without_changing_the_training(uninte
 def test_signal_saves_at_the_next_step_and_resume_is_exact(uninterrupted, tmp_path, monkeypatch, capsys):
     reference, ref_summary = uninterrupted
     calls = []
-    normalize = pretrainer.normalize_images
+    normalize = device_views.normalize_images
 
     def normalize_then_signal(batch):
         calls.append(1)
@@ -269,7 +269,7 @@ def test_signal_saves_at_the_next_step_and_resume_is_exact(uninterrupted, tmp_pa
             os.kill(os.getpid(), signal.SIGTERM)
         return normalize(batch)
 
-    monkeypatch.setattr(pretrainer, "normalize_images", normalize_then_signal)
+    monkeypatch.setattr(device_views, "normalize_images", normalize_then_signal)
     stopped = run(tmp_path, workers=2)
     assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 2
     assert "stopped by SIGTERM at step 2" in capsys.readouterr().out
@@ -278,7 +278,7 @@ def test_signal_saves_at_the_next_step_and_resume_is_exact(uninterrupted, tmp_pa
     assert not (tmp_path / "backbone_torchvision.pth").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
 
-    monkeypatch.setattr(pretrainer, "normalize_images", normalize)
+    monkeypatch.setattr(device_views, "normalize_images", normalize)
     # Resumed with data workers: augmentations do not depend on workers or on where a run restarts.
     resumed = run(tmp_path, workers=2)
     assert resumed["weights_sha256"] == ref_summary["weights_sha256"]
@@ -287,14 +287,14 @@ def test_signal_saves_at_the_next_step_and_resume_is_exact(uninterrupted, tmp_pa
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = []
-    normalize = pretrainer.normalize_images
+    normalize = device_views.normalize_images
 
     def poisoned(batch):
         calls.append(1)
         views = normalize(batch)
         return views * float("nan") if len(calls) > 2 * 2 else views  # from step 3 on
 
-    monkeypatch.setattr(pretrainer, "normalize_images", poisoned)
+    monkeypatch.setattr(device_views, "normalize_images", poisoned)
     # Checked at the log step 3 and before every save: the checkpoint of step 2 stays as it was.
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(epoch 1\).*checkpoint_last.pth \(step 2\)"):
         run(tmp_path, log_every=4, save_every=1)
@@ -306,22 +306,22 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def test_augment_on_device_finishes_geometry_only_views_and_resumes_exactly(tmp_path, monkeypatch):
     calls = []
 
-    class Recording(pretrainer.BatchPhotometric):
+    class Recording(device_views.BatchPhotometric):
         def forward(self, images, generator=None, params=None):
-            calls.append((self.view, images.dtype, tuple(images.shape), generator))
+            calls.append((self.view, images.dtype, tuple(images.shape), params))
             return super().forward(images, generator, params)
 
     def not_called(batch):
         raise AssertionError("normalize_images must not run: BatchPhotometric normalises")
 
-    monkeypatch.setattr(pretrainer, "BatchPhotometric", Recording)
-    monkeypatch.setattr(pretrainer, "normalize_images", not_called)
+    monkeypatch.setattr(device_views, "BatchPhotometric", Recording)
+    monkeypatch.setattr(device_views, "normalize_images", not_called)
     reference = run(tmp_path / "reference", augment_on_device=True)
     assert reference["step"] == 4 and [c[0] for c in calls] == [1, 2] * 4
-    assert all(dtype == torch.uint8 and shape == (4, 3, 64, 64) and isinstance(g, torch.Generator) for _, dtype, shape, g in calls)
-    assert calls[0][3] is calls[1][3]  # one per-rank stream for both views
+    # Parameters drawn outside the (compilable) augmentation, from the run's "augment" stream.
+    assert all(dtype == torch.uint8 and shape == (4, 3, 64, 64) and set(p) >= {"factors", "order"} for _, dtype, shape, p in calls)
     ckpt = checkpoint(tmp_path / "reference")
-    assert ckpt["args"]["augment_on_device"] is True and set(ckpt["rng"][0]["generators"]) == {"boxes", "augment"}
+    assert ckpt["args"]["augment_on_device"] is True and set(ckpt["streams"][0]["generators"]) == {"boxes", "augment"}
 
     assert run(tmp_path / "resumed", augment_on_device=True, max_steps=3)["step"] == 3
     resumed = run(tmp_path / "resumed", augment_on_device=True)
@@ -342,23 +342,24 @@ def test_decode_on_device_trains_on_the_same_geometry_and_resumes_exactly(tmp_pa
     data = _jpeg_folder(tmp_path / "data", seed=2)
     decoded = []
 
-    class Recording(pretrainer.ViewDecoder):
+    class Recording(device_views.ViewDecoder):
         def forward(self, images, geom1, geom2, paths=None):
             decoded.append((sorted({image.dim() for image in images}), geom1.crop.clone()))
             return super().forward(images, geom1, geom2, paths)
 
-    monkeypatch.setattr(pretrainer, "ViewDecoder", Recording)
+    monkeypatch.setattr(device_views, "ViewDecoder", Recording)
     settings = dict(data=str(data), synthetic_images=None, decode_on_device=True)
     reference = run(tmp_path / "reference", **settings)
     assert reference["step"] == 4 and len(decoded) == 4
     assert all(dims == [1] for dims, _ in decoded)  # every JPEG reached the decoder undecoded
     ckpt = checkpoint(tmp_path / "reference")
-    assert ckpt["args"]["decode_on_device"] is True and set(ckpt["rng"][0]["generators"]) == {"boxes", "augment"}
+    assert ckpt["args"]["decode_on_device"] is True and set(ckpt["streams"][0]["generators"]) == {"boxes", "augment"}
     # The workers drew the crops the worker-decoding path draws (TwoViewTransform with photometric="device").
-    geometry_only = Pretrainer(PretrainConfig(**{**TINY, **settings, "augment_on_device": True, "decode_on_device": False,
-                                                 "output_dir": str(tmp_path / "other")}))
-    geometry_only.sampler.set_epoch(0)
-    first = next(iter(geometry_only.loader))
+    geometry_only, _ = PretrainConfig(**{**TINY, **settings, "augment_on_device": True, "decode_on_device": False}).resolve(False)
+    dataset = TwoViewDataset(build_dataset(geometry_only), build_transform(geometry_only), seed=geometry_only.seed)
+    sampler = ResumableSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=geometry_only.seed, drop_last=True)
+    sampler.set_epoch(0)
+    first = next(iter(two_view_loader(dataset, sampler, geometry_only.batch_size, workers=0)))
     torch.testing.assert_close(first.geom1.crop, decoded[0][1], rtol=0, atol=0)
 
     assert run(tmp_path / "resumed", **settings, max_steps=3)["step"] == 3
@@ -442,8 +443,8 @@ def test_own_dataset_and_own_model(tmp_path, capsys):
     model = scrl.SCRL(scrl.resnet_trunk("resnet18"), num_boxes=4, min_size=16, projector_hidden=32, projection_dim=16)
     settings = {k: v for k, v in TINY.items() if k not in ("arch", "projector_hidden", "projection_dim", "tau_base", "synthetic_images")}
     trainer = Pretrainer(PretrainConfig(**settings, output_dir=str(tmp_path), max_steps=2), dataset=images, model=model)
-    assert trainer.model is model and len(trainer.dataset) == 8
     summary = trainer.run()
+    assert trainer.model is model and len(trainer.dataset) == 8
     assert summary["step"] == 2 and "SCRL (given model): 8 images" in capsys.readouterr().out
     assert checkpoint(tmp_path)["model"]["projector.fc1.weight"].shape == (32, 512)
     backbone = torch.load(tmp_path / "backbone_torchvision.pth", weights_only=True)

@@ -7,7 +7,7 @@ layer (export and evaluation as much as the training run) may use it.
 """
 
 from .checkpoint import (
-    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_atomically,
+    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomically,
 )
 from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
 from .folder_lock import FolderLock, FolderLockedError
@@ -26,9 +26,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "RandomStreams",
-    "rng_state",
     "save_checkpoint",
-    "set_rng_state",
     "unwrap_module",
     "wrap_ddp",
     "write_atomically",

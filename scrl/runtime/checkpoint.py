@@ -1,24 +1,22 @@
-"""Crash-safe checkpoints and the random-number state a bit-exact resume needs.
+"""Crash-safe checkpoint and weight files: written atomically, loaded with named errors.
 
 A checkpoint is written to a temporary file in the target folder, flushed to disk, and renamed
 over the old one, so at every moment the folder holds either the previous complete checkpoint or
-the new complete one, never a torn file. Everything saved here loads with
-``torch.load(..., weights_only=True)``: RNG states are stored as tensors and plain Python values.
+the new complete one, never a torn file. Keep to tensors and plain Python values, so that
+everything saved here loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import random
 import socket
 import tempfile
 from typing import Any, BinaryIO, Callable, Mapping
 
-import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "write_atomically", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "write_atomically", "load_checkpoint", "latest_checkpoint"]
 
 LAST_CHECKPOINT = "checkpoint_last.pth"
 
@@ -174,56 +172,3 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     """Path of the checkpoint to resume from in ``directory`` (``checkpoint_last.pth``), or None."""
     path = os.path.join(os.fspath(directory), LAST_CHECKPOINT)
     return path if os.path.isfile(path) else None
-
-
-def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Capture this process's random-number state: torch (CPU), CUDA (current device), numpy, Python.
-
-    Args:
-        generators: extra named ``torch.Generator`` objects to capture as well.
-
-    Returns:
-        A dict of tensors and plain values, loadable with ``weights_only=True``.
-    """
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    version, py_internal, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": np_kind,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
-        },
-        "python": {"version": version, "internal": list(py_internal), "gauss": py_gauss},
-        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
-    """Restore a state captured by :func:`rng_state` (CUDA: onto the current device).
-
-    Args:
-        state: the captured state.
-        generators: the extra generators to restore, by the names used when capturing.
-
-    Raises:
-        ValueError: a generator in ``generators`` is missing from ``state``.
-    """
-    torch.set_rng_state(state["torch"].cpu())
-    np_state = state["numpy"]
-    np.random.set_state(
-        (np_state["kind"], np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["gauss"])
-    )
-    py_state = state["python"]
-    random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].cpu())
-    for name, generator in (generators or {}).items():
-        if name not in state["generators"]:
-            raise ValueError(f"generators: no saved state for {name!r}; saved: {sorted(state['generators'])}")
-        generator.set_state(state["generators"][name].cpu())

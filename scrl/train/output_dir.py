@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..runtime.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint
+from ..runtime.checkpoint import LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint
 from ..runtime.distributed import all_gather_object
 from ..runtime.folder_lock import FolderLock, FolderLockedError
 from .config import ConfigError, PretrainConfig
@@ -95,7 +95,7 @@ def claim_output_dir(
     """
     c = config
     own = os.path.join(c.output_dir, LAST_CHECKPOINT)
-    source = {"auto": own if os.path.isfile(own) else None, "none": None}.get(c.resume, c.resume)
+    source = {"auto": latest_checkpoint(c.output_dir), "none": None}.get(c.resume, c.resume)
     state = None
     if source is not None:
         # Everything that can refuse the checkpoint is checked here, before anything is moved.
