@@ -7,18 +7,22 @@ from typing import Any, Callable
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from ..data import ImageFolderDataset, SyntheticScenes
-from ..lars import LARS
+from ..data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoViewDataset, two_view_loader
+from ..lars import LARS, lars_param_groups
 from ..models import BYOL, SCRL
 from ..transforms import TwoViewCrops, TwoViewTransform
-from .config import PretrainConfig
+from .config import ConfigError, PretrainConfig
 
-__all__ = ["OptimizerFactory", "build_dataset", "build_model", "build_transform", "lars", "weights_digest"]
+__all__ = ["OptimizerFactory", "build_dataset", "build_loader", "build_model", "build_optimizer", "build_transform", "lars", "weights_digest"]
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], Optimizer]
 _ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
+BATCH_OF_ONE = (
+    "batch_size=1 per process without SyncBatchNorm (it needs several GPUs): BatchNorm normalises each view over a batch "
+    "of one image and the heads' BatchNorm over the two views of that image, statistics too poor to train on; raise batch_size"
+)
 
 
 def build_dataset(config: PretrainConfig) -> Dataset:
@@ -43,6 +47,23 @@ def build_transform(config: PretrainConfig) -> TwoViewTransform | TwoViewCrops:
     return TwoViewTransform.byol(size=config.image_size, photometric=photometric, output="uint8")
 
 
+def build_loader(config: PretrainConfig, images: Dataset, world_size: int, rank: int,
+                 pin_memory: bool = False) -> tuple[TwoViewDataset, ResumableSampler, DataLoader]:
+    """The views of ``images`` made in the workers, this rank's share of each epoch, and the loader of their batches.
+
+    Raises:
+        ConfigError: the images give no full batch per process.
+    """
+    dataset = TwoViewDataset(images, build_transform(config), seed=config.seed)
+    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+    if len(sampler) < config.batch_size:
+        raise ConfigError(
+            f"{len(dataset)} images give no full batch of batch_size={config.batch_size} per process on "
+            f"{world_size} process(es): lower batch_size={config.batch_size} or add images"
+        )
+    return dataset, sampler, two_view_loader(dataset, sampler, config.batch_size, config.workers, pin_memory=pin_memory)
+
+
 def build_model(config: PretrainConfig) -> SCRL | BYOL:
     """``SCRL`` or ``BYOL`` with the trunk, heads, boxes and pooling rule of ``config`` (random init)."""
     if config.arch is None or config.tau_base is None:
@@ -52,6 +73,25 @@ def build_model(config: PretrainConfig) -> SCRL | BYOL:
         return SCRL(config.arch, num_boxes=config.num_boxes, min_size=config.min_box_size,
                     roi_aligned=_ROI_ALIGNED[config.roi_pooling], **heads)
     return BYOL(config.arch, **heads)
+
+
+def build_optimizer(model: nn.Module, factory: OptimizerFactory, *, lr: float, weight_decay: float) -> Optimizer:
+    """``factory`` applied to the model's :func:`~scrl.lars.lars_param_groups`, each group given ``lr``.
+
+    Args:
+        model: the model to optimise.
+        factory: ``param_groups -> torch.optim.Optimizer``, e.g. ``lambda groups: torch.optim.AdamW(groups)``.
+        lr: the peak learning rate of every group.
+        weight_decay: of the adapted group (norms and biases get 0).
+
+    Raises:
+        TypeError: ``factory`` did not return an optimiser.
+    """
+    groups = [group | {"lr": lr} for group in lars_param_groups(model, weight_decay)]
+    optimizer = factory(groups)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return optimizer
 
 
 def lars(param_groups: list[dict[str, Any]]) -> LARS:

@@ -13,16 +13,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..data import DataError, EncodedTwoViewBatch, ResumableSampler, TwoViewBatch, TwoViewDataset, two_view_loader
-from ..lars import lars_param_groups
+from ..data import DataError, EncodedTwoViewBatch, TwoViewBatch
 from ..runtime.checkpoint import LAST_CHECKPOINT, save_checkpoint
 from ..runtime.distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
 from ..runtime.random_streams import RandomStreams
 from ..schedule import warmup_cosine
-from .build import OptimizerFactory, build_dataset, build_model, build_transform, lars, weights_digest
+from .build import BATCH_OF_ONE, OptimizerFactory, build_dataset, build_loader, build_model, build_optimizer, lars, weights_digest
 from .callbacks import (BoxFillWatch, Callback, Checkpointing, ConsoleProgress, MetricsLog, NonFiniteGuard, RoIProbe,
                         StopOnSignal)
-from .config import ConfigError, PretrainConfig
+from .config import PretrainConfig
 from .device_views import DeviceViews
 from .output_dir import claim_output_dir, lock_output_dir
 from .preflight import check_boxes_fit, cpu_defaults_notice, setting_warnings
@@ -111,16 +110,8 @@ class Pretrainer:
         torch.backends.cudnn.benchmark = on_gpu
 
         images = self._dataset if self._dataset is not None else build_dataset(c)
-        self.dataset = TwoViewDataset(images, build_transform(c), seed=c.seed)
-        self.sampler = ResumableSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=c.seed,
-                                        drop_last=True)
-        self.loader = two_view_loader(self.dataset, self.sampler, c.batch_size, c.workers, pin_memory=on_gpu)
+        self.dataset, self.sampler, self.loader = build_loader(c, images, self.world_size, self.rank, pin_memory=on_gpu)
         self.steps_per_epoch = len(self.sampler) // c.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{len(self.dataset)} images give no full batch of batch_size={c.batch_size} per process on "
-                f"{self.world_size} process(es): lower batch_size={c.batch_size} or add images"
-            )
         self.total_steps = c.epochs * self.steps_per_epoch
         self.warmup_steps = min(self.total_steps, round(c.warmup_epochs * self.steps_per_epoch))
         self.last_step = min(self.total_steps, c.max_steps or self.total_steps)
@@ -136,17 +127,10 @@ class Pretrainer:
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif c.batch_size == 1:
-            self.warn(
-                "batch_size=1 per process without SyncBatchNorm (it needs several GPUs): BatchNorm normalises each view "
-                "over a batch of one image and the heads' BatchNorm over the two views of that image, statistics too poor "
-                "to train on; raise batch_size"
-            )
+            self.warn(BATCH_OF_ONE)
         memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
-        groups = [group | {"lr": self.lr} for group in lars_param_groups(self.model, c.weight_decay)]
-        optimizer = (self._optimizer or lars)(groups)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        optimizer = build_optimizer(self.model, self._optimizer or lars, lr=self.lr, weight_decay=c.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp == "fp16")
         self.state = TrainState(self.model, optimizer, warmup_cosine(optimizer, self.warmup_steps, self.total_steps), scaler,
                                 RandomStreams(c.seed, rank=self.rank, device=self.device), self.steps_per_epoch, self.world_size)
@@ -159,10 +143,9 @@ class Pretrainer:
         self.record = run_record(c, self.model, data=data_name(c, self._dataset is not None, images), images=len(self.dataset),
                                  world_size=self.world_size, steps_per_epoch=self.steps_per_epoch,
                                  model_from_config=self.model_from_config)
-        for message in setting_warnings(given, c, model_given=not self.model_from_config, on_gpu=on_gpu,
-                                        warmup_steps=self.warmup_steps, total_steps=self.total_steps):
-            self.warn(message)
-        for message in check_boxes_fit(self.dataset, getattr(self.model, "sampler", None), c):
+        for message in [*setting_warnings(given, c, model_given=not self.model_from_config, on_gpu=on_gpu,
+                                          warmup_steps=self.warmup_steps, total_steps=self.total_steps),
+                        *check_boxes_fit(self.dataset, getattr(self.model, "sampler", None), c)]:
             self.warn(message)
         self.callbacks = self.default_callbacks() + self.user_callbacks
 
@@ -186,46 +169,24 @@ class Pretrainer:
         if self.main_process and message:
             _logger.info(message)
 
-    def gather_skipped(self) -> list[str]:
-        """Merge the unreadable files of every rank (a collective) and name the new ones once: on the console and in
-        metrics.jsonl as one ``skipped_files`` event. Returns the files named now."""
-        skipped = self.state.skipped_files
-        for files in all_gather_object(skipped):
-            skipped.update(files)
-        new = sorted(set(skipped) - self._reported)
-        self._reported.update(new)
+    def name_skipped(self) -> None:
+        """Name the unreadable files no line named yet (a collective): on the console and as a ``skipped_files`` event."""
+        new = self.state.gather_skipped()
         if new:
-            self.metrics.log({"event": "skipped_files", "step": self.state.step, "files": {path: skipped[path] for path in new}})
-            for path in new:
-                self.log(f"skipped unreadable file: {path} ({skipped[path]})")
-        return new
+            self.metrics.log({"event": "skipped_files", "step": self.state.step, "files": new})
+            for path, reason in new.items():
+                self.log(f"skipped unreadable file: {path} ({reason})")
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Write the checkpoint (the state plus the run record) atomically; a collective (rank 0 writes)."""
         self._call("on_before_checkpoint")
-        self.gather_skipped()
+        self.name_skipped()
         checkpoint = self.state.state_dict() | {"args": self.config.to_dict(), "run": self.record}
         if self.main_process:
             save_checkpoint(checkpoint, self.checkpoint_path)
         self.saved_at = self.state.step
         self._call("on_checkpoint", self.checkpoint_path)
-
-    def _resume(self, checkpoint: Mapping[str, Any], source: str) -> None:
-        saved_world, saved_batch = checkpoint["world_size"], checkpoint["args"]["batch_size"]
-        same_split = (saved_world, saved_batch) == (self.world_size, self.config.batch_size)
-        self.state.load_state_dict(checkpoint, streams=same_split)
-        if not same_split:
-            self.state.streams.restart(self.state.step)
-            self.warn(
-                f"the checkpoint was made with {saved_world} process(es) x batch_size={saved_batch}, this run has "
-                f"{self.world_size} x {self.config.batch_size}: the same {self.global_batch} images per step and the same "
-                "schedule, so every image is still seen once per epoch, but the box-sampling and augmentation streams "
-                "restart: the weights will not match an uninterrupted run bit for bit"
-            )
-        self.saved_at = self.state.step
-        s = self.state
-        self.log(f"resumed from {source}: step {s.step}, epoch {s.epoch}, batch {s.batch_in_epoch} of the epoch")
 
     # ------------------------------------------------------------------------------ the step
     def training_step(self, batch: TwoViewBatch | EncodedTwoViewBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -267,10 +228,11 @@ class Pretrainer:
             self._build(init_distributed(None if self.config.device == "auto" else self.config.device))
             lock = lock_output_dir(self.config.output_dir, self.main_process)
             checkpoint, source = claim_output_dir(self.config, self.record, device=self.device, main_process=self.main_process)
-            self._reported = set()
             if checkpoint is not None:
-                self._resume(checkpoint, source)
-                self._reported = set(self.state.skipped_files)
+                for message in self.state.continue_from(checkpoint, batch_size=self.config.batch_size):
+                    self.warn(message)
+                self.saved_at, s = self.state.step, self.state
+                self.log(f"resumed from {source}: step {s.step}, epoch {s.epoch}, batch {s.batch_in_epoch} of the epoch")
             self.metrics = MetricsLogger(self.config.output_dir, enabled=self.main_process)
             if self.main_process and hasattr(self.config, "to_yaml"):
                 self.config.to_yaml(os.path.join(self.config.output_dir, "config.yaml"))
@@ -309,7 +271,7 @@ class Pretrainer:
                 self._optimize(loss)
                 s.batch_in_epoch += 1
                 s.skipped_files.update(batch.skipped)
-                logs = {"loss": loss.detach(), **logs}
+                logs = {**logs, "loss": loss.detach()}  # the loss optimised, whatever training_step made of it
                 meter.add(logs, data_wait)
                 log_step = s.step % c.log_every == 0 or s.step in (1, self.last_step)
                 self.progress = self._progress(meter.read()) if log_step else None
@@ -319,7 +281,7 @@ class Pretrainer:
 
     def _progress(self, interval: Mapping[str, Any]) -> dict[str, Any]:
         s, steps, seconds = self.state, interval["steps"], interval["seconds"]
-        self.gather_skipped()
+        self.name_skipped()
         record = {"step": s.step, "epoch": s.epoch, **interval["means"], "lr": self.lr_of_step, "tau": self.tau_of_step,
                   "images_per_s": steps * self.global_batch / seconds, "data_wait_share": interval["data_wait"] / seconds,
                   "eta_s": (self.last_step - s.step) * seconds / steps, "skipped_files": len(s.skipped_files)}
@@ -328,8 +290,7 @@ class Pretrainer:
         return record
 
     def _summary(self) -> dict[str, Any]:
-        digests = all_gather_object(weights_digest(self.model))
+        digests, s = all_gather_object(weights_digest(self.model)), self.state
         _logger.info(f"rank {self.rank}: weights sha256 {digests[self.rank]}")  # every rank: they can be compared
-        s = self.state
         return {"step": s.step, "epoch": s.epoch, "stopped_by": self.should_stop, "weights_sha256": digests[self.rank],
                 "ranks_identical": len(set(digests)) == 1, "skipped_files": sorted(s.skipped_files)}

@@ -62,6 +62,20 @@ class TrainState:
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        self._named = set(self.skipped_files)
+
+    def gather_skipped(self) -> dict[str, str]:
+        """Merge the unreadable files every rank met into :attr:`skipped_files` (a collective).
+
+        Returns:
+            The files no earlier call (or the checkpoint this state continues) returned, sorted:
+            each is to be named once per run.
+        """
+        for files in all_gather_object(self.skipped_files):
+            self.skipped_files.update(files)
+        new = sorted(set(self.skipped_files) - self._named)
+        self._named.update(new)
+        return {path: self.skipped_files[path] for path in new}
 
     @property
     def epoch_done(self) -> bool:
@@ -116,3 +130,28 @@ class TrainState:
             self.streams.load_state_dict(state["streams"][self.streams.rank])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.skipped_files = dict(state["skipped_files"])
+        self._named = set(self.skipped_files)
+
+    def continue_from(self, checkpoint: Mapping[str, Any], batch_size: int) -> list[str]:
+        """Continue a :class:`~scrl.train.Pretrainer` checkpoint; returns what differs from an uninterrupted run, for a warning.
+
+        With the same processes and batch size per process the run continues exactly. With
+        another split of the same global batch (2 x 64 images as 1 x 128, say) every image is
+        still seen once per epoch on the same schedule, but the random streams restart.
+
+        Args:
+            checkpoint: the checkpoint (this state plus ``args``, the settings it was made with).
+            batch_size: this run's images per process.
+        """
+        saved_world, saved_batch = checkpoint["world_size"], checkpoint["args"]["batch_size"]
+        same_split = (saved_world, saved_batch) == (self.world_size, batch_size)
+        self.load_state_dict(checkpoint, streams=same_split)
+        if same_split:
+            return []
+        self.streams.restart(self.step)
+        return [
+            f"the checkpoint was made with {saved_world} process(es) x batch_size={saved_batch}, this run has "
+            f"{self.world_size} x {batch_size}: the same {self.world_size * batch_size} images per step and the same "
+            "schedule, so every image is still seen once per epoch, but the box-sampling and augmentation streams "
+            "restart: the weights will not match an uninterrupted run bit for bit"
+        ]
