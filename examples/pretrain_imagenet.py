@@ -32,7 +32,8 @@ from scrl.train.config import SETTINGS, add_arguments
 
 # The library names a setting by its field: "base_lr must be ...", "resume='none'", "epochs: 2 ...".
 # Longest names first, so that roi_probe_every is not read as roi_probe.
-SETTING = re.compile(r"(?<![\w./'-])(" + "|".join(sorted(SETTINGS, key=len, reverse=True)) + r")(?==|: | must | has no effect|,|$)")
+NAMES = "|".join(sorted(SETTINGS, key=len, reverse=True))
+SETTING = re.compile(r"(?<![\w./'-])(" + NAMES + r")(?==|: | must | has no effect|,|$)")
 
 
 def in_flags(message: str) -> str:

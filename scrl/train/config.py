@@ -58,9 +58,9 @@ FIXED_DEFAULTS: dict[str, Any] = dict(
 # The groups of settings, in the order the flags and the option table show them.
 GROUPS: dict[str, str] = {
     "data": "what the run trains on, and how the images are loaded and augmented",
-    "model": "what is trained: method, trunk, heads, boxes",
+    "model": "what is trained (method, trunk, heads, boxes)",
     "optimisation": "the schedules of learning rate, weight decay and tau, and the batch they are set for",
-    "run": "where and how the run goes: files, resuming, precision, logging, probing, device",
+    "run": "where and how the run goes (files, resuming, precision, logging, probing, device)",
 }
 
 
@@ -86,6 +86,27 @@ _NON_NEGATIVE = Range(lambda v: 0 <= v < math.inf, ">= 0 and finite")
 _FRACTION = Range(lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
+# Checks beyond type and range, for one setting each: the message, or None.
+def _trunk_name(value: str) -> str | None:
+    try:
+        check_trunk_name(value)
+    except ValueError as err:  # the message starts with the name: "arch=" before it names the field
+        return f"arch={err}; a whole model goes to Pretrainer(model=...)"
+    return None
+
+
+def _resume_file(value: str) -> str | None:
+    if value in ("auto", "none") or os.path.isfile(value):
+        return None
+    return f"resume={value!r}: no such checkpoint file (use 'auto', 'none' or a path)"
+
+
+def _init_file(value: str) -> str | None:
+    if os.path.isfile(value):
+        return None
+    return f"init_from={value!r}: no such checkpoint file (give a run's checkpoint_last.pth)"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One field of :class:`PretrainConfig`: how it is typed, checked, shown and recorded.
@@ -101,6 +122,8 @@ class Setting:
         default: the field's default.
         choices: the values it may take (from a ``Literal`` annotation, or given), or ``None``.
         range: the numbers it may take, or ``None``.
+        check: a further test of a value of the right type and range: the error message, or
+            ``None`` if the value will do (a trunk name that exists, a checkpoint file that does).
         part: ``"identity"`` (what is trained, on what) or ``"schedule"`` (what the learning
             rate, weight decay and tau follow): a resumed run must agree with its checkpoint on
             both; ``None``: may change on resume.
@@ -121,6 +144,7 @@ class Setting:
     default: Any
     choices: tuple[Any, ...] | None = None
     range: Range | None = None
+    check: Callable[[Any], str | None] | None = None
     part: Literal["identity", "schedule"] | None = None
     model: bool = False
     boxes: bool = False
@@ -167,16 +191,7 @@ class Setting:
             return f"{name} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}"
         if self.range is not None and not self.range.test(value):
             return f"{name} must be {self.range.text}, got {value}"
-        if name == "arch":
-            try:
-                check_trunk_name(value)
-            except ValueError as err:  # the message starts with the name: "arch=" before it names the field
-                return f"arch={err}; a whole model goes to Pretrainer(model=...)"
-        if name == "resume" and value not in ("auto", "none") and not os.path.isfile(value):
-            return f"resume={value!r}: no such checkpoint file (use 'auto', 'none' or a path)"
-        if name == "init_from" and not os.path.isfile(value):
-            return f"init_from={value!r}: no such checkpoint file (give a run's checkpoint_last.pth)"
-        return None
+        return None if self.check is None else self.check(value)
 
 
 def _setting(default: Any, group: str, help: str, **declared: Any) -> Any:
@@ -221,7 +236,7 @@ class PretrainConfig:
     arch: str | None = _setting(
         None, "model", "the trunk: a torchvision CNN by its builder name (resnet50, resnext50_32x4d, regnet_y_800mf, "
         "convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...), timm:NAME, or a name given to "
-        "scrl.trunk.register_trunk", part=_ID, model=True, see="see [trunks.md](trunks.md)")
+        "scrl.trunk.register_trunk", check=_trunk_name, part=_ID, model=True, see="see [trunks.md](trunks.md)")
     preset: str | None = _setting(
         None, "optimisation", "the paper's hyper-parameters (--epochs, --base-lr, --weight-decay, --tau-base); "
         "values given explicitly win", choices=tuple(PRESETS), default_text="1000ep on GPU, 200ep on CPU",
@@ -269,7 +284,8 @@ class PretrainConfig:
         "runs/pretrain", "run", "where checkpoints, metrics.jsonl, config.yaml and the exported backbone go", path=True)
     resume: str = _setting(
         "auto", "run", "auto (the checkpoint in --output-dir, if any), none (a new run), or a checkpoint path to "
-        "continue", path=True, metavar="{auto,none,PATH}", see="see [Checkpoints](#checkpoints-resuming-stopping)")
+        "continue", check=_resume_file, path=True, metavar="{auto,none,PATH}",
+        see="see [Checkpoints](#checkpoints-resuming-stopping)")
     overwrite: bool = _setting(
         False, "run", "start a new run in an --output-dir that holds another one (or one that cannot be resumed), "
         "moving the old run's files into replaced-<time>/", see="see [What a run refuses](#what-a-run-refuses-and-why)")
@@ -310,7 +326,7 @@ class PretrainConfig:
     # needs the same weights.
     init_from: str | None = _setting(
         None, "run", "start a new run from the weights of this checkpoint (a finished run's checkpoint_last.pth): "
-        "the way to continue a finished run with a longer schedule", part=_ID, path=True, metavar="CKPT",
+        "the way to continue a finished run with a longer schedule", check=_init_file, part=_ID, path=True, metavar="CKPT",
         see="see [Checkpoints](#checkpoints-resuming-stopping)")
 
     def __post_init__(self) -> None:
@@ -564,7 +580,9 @@ def _parse_scalar(text: str) -> Any:
         try:
             return json.loads(text)  # YAML's double-quoted strings escape as JSON's do
         except ValueError:
-            raise ValueError(f"{text} is not one double-quoted string (write a quote inside as \\\", a backslash as \\\\)") from None
+            raise ValueError(
+                f"{text} is not one double-quoted string (write a quote inside as \\\", a backslash as \\\\)"
+            ) from None
     if text.startswith("'"):
         if len(text) < 2 or not text.endswith("'") or "'" in text[1:-1].replace("''", ""):
             raise ValueError("a single-quoted string must end with ' (a quote inside is written '')")
