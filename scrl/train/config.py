@@ -407,7 +407,8 @@ class PretrainConfig:
         The file is one ``key: value`` per line, keys being field names; comments (``#``), blank
         lines, a leading ``---``, quoted and unquoted strings, ``null`` / ``~`` / nothing,
         ``true`` / ``false``, ints and floats (``1e-6``, ``.inf``) are read as YAML reads them.
-        Keys left out keep their defaults. Files written by :meth:`to_yaml` (such as the
+        Keys left out keep their defaults; relative paths are relative to the working directory,
+        not to the file. Files written by :meth:`to_yaml` (such as the
         ``config.yaml`` of a run) read back equal.
 
         Raises:
