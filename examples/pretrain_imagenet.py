@@ -7,95 +7,47 @@ Several nodes:    torchrun --nnodes=4 --node_rank=R --nproc_per_node=8 --rdzv_en
                       examples/pretrain_imagenet.py --data ... --preset 1000ep
 CPU smoke run:    python examples/pretrain_imagenet.py --epochs 1
 
+From a file:      python examples/pretrain_imagenet.py --config runs/a/config.yaml --output-dir runs/b
+
 The run writes to --output-dir: checkpoint_last.pth (resume with --resume auto, the default),
-metrics.jsonl (one JSON object per log line), and at the end backbone_torchvision.pth. The run
-itself is scrl.train.Pretrainer; this script only turns flags into a scrl.train.PretrainConfig.
-See docs/pretraining.md.
+metrics.jsonl (one JSON object per log line), config.yaml (its resolved settings, for --config),
+and at the end backbone_torchvision.pth. The run itself is scrl.train.Pretrainer; this script only
+turns flags (over a --config file) into a scrl.train.PretrainConfig. See docs/pretraining.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import re
 import sys
 import warnings
-from typing import Iterator, get_args
+from typing import Iterator
 
 from scrl.data import DataError
 from scrl.runtime import FolderLockedError
-from scrl.train import PRESETS, CheckpointError, ConfigError, PretrainConfig, Pretrainer, RunWarning
-from scrl.train.config import CPU_DEFAULTS, FIXED_DEFAULTS, GPU_DEFAULTS, Amp, Device, Method, RoIPooling
+from scrl.train import CheckpointError, ConfigError, PretrainConfig, Pretrainer, RunWarning
+from scrl.train.config import SETTINGS, add_arguments
 
-FIELDS = sorted((f.name for f in dataclasses.fields(PretrainConfig)), key=len, reverse=True)
 # The library names a setting by its field: "base_lr must be ...", "resume='none'", "epochs: 2 ...".
-SETTING = re.compile(r"(?<![\w./'-])(" + "|".join(FIELDS) + r")(?==|: | must | has no effect|,|$)")
+# Longest names first, so that roi_probe_every is not read as roi_probe.
+NAMES = "|".join(sorted(SETTINGS, key=len, reverse=True))
+SETTING = re.compile(r"(?<![\w./'-])(" + NAMES + r")(?==|: | must | has no effect|,|$)")
 
 
 def in_flags(message: str) -> str:
     """A library message about settings, with each setting named as its flag."""
-    message = SETTING.sub(lambda m: "--" + m[1].replace("_", "-"), message)
+    message = SETTING.sub(lambda m: SETTINGS[m[1]].flag, message)
     return re.sub(r"(--[\w-]+)=True\b", r"\1", message)  # on/off flags take no value
 
 
-def default(name: str) -> str:
-    """What a run uses for an unset flag, as PretrainConfig decides it."""
-    if name in FIXED_DEFAULTS:
-        return f"default: {FIXED_DEFAULTS[name]}"
-    if name in GPU_DEFAULTS or name in CPU_DEFAULTS:
-        return f"default: {GPU_DEFAULTS.get(name, 'from --preset')} on GPU, {CPU_DEFAULTS.get(name, 'from --preset')} on CPU"
-    return f"default: {PretrainConfig.__dataclass_fields__[name].default}"
-
-
 def parser() -> argparse.ArgumentParser:
-    # Unset flags stay out of the namespace, so PretrainConfig holds the one set of defaults.
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    add = p.add_argument
-    add("--data", help="folder tree of images (e.g. ImageNet train/); default: built-in synthetic scenes")
-    add("--method", choices=get_args(Method), help=default("method"))
-    add("--arch", help=f"a torchvision CNN: resnet50, resnext50_32x4d, regnet_y_800mf, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ... (docs/trunks.md; {default('arch')})")
-    add("--preset", choices=sorted(PRESETS), help="paper hyper-parameters (default: 1000ep on GPU, 200ep on CPU)")
-    add("--epochs", type=int, help=f"epochs of the schedule ({default('epochs')})")
-    add("--max-steps", type=int, help="stop after this many optimiser steps (the schedule still spans --epochs)")
-    add("--batch-size", type=int, help=f"images per process ({default('batch_size')})")
-    add("--image-size", type=int, help=f"view side in pixels ({default('image_size')})")
-    add("--num-boxes", type=int, help=f"box pairs per image K (SCRL; {default('num_boxes')})")
-    add("--roi-pooling", choices=get_args(RoIPooling),
-        help="where SCRL pools each box: at the trunk's cell centres (exact), or as RoIAlign's aligned=True "
-             f"(Detectron2) / aligned=False (the authors' code) assume ({default('roi_pooling')})")
-    add("--min-box-size", type=float, help=f"smallest box side in view pixels (SCRL; {default('min_box_size')})")
-    add("--projector-hidden", type=int, help=f"hidden width of projector and predictor ({default('projector_hidden')})")
-    add("--projection-dim", type=int, help=f"output width of projector and predictor ({default('projection_dim')})")
-    add("--base-lr", type=float, help="learning rate per 256 images (lr = base * global batch / 256)")
-    add("--weight-decay", type=float)
-    add("--tau-base", type=float, help="target weight tau at step 0 of the cosine schedule")
-    add("--warmup-epochs", type=float, help="linear warm-up (default: 10, at most a tenth of --epochs)")
-    add("--workers", type=int, help=f"data workers per process (default: CPU cores per process - 1, at most 10; {CPU_DEFAULTS['workers']} on CPU)")
-    add("--synthetic-images", type=int, help=f"size of the synthetic dataset without --data ({default('synthetic_images')})")
-    add("--output-dir", help=default("output_dir"))
-    add("--resume", help=f"auto (latest checkpoint in --output-dir, if any), a checkpoint path, or none ({default('resume')})")
-    add("--overwrite", action="store_true",
-        help="if --output-dir holds another run (or one that cannot be resumed), move it aside into replaced-<time>/ and start afresh")
-    add("--seed", type=int, help=default("seed"))
-    add("--amp", choices=get_args(Amp), help=f"mixed precision ({default('amp')})")
-    add("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on tensor cores)")
-    add("--compile", action="store_true", help="torch.compile the model")
-    add("--augment-on-device", action="store_true",
-        help="workers only decode, crop, resize and flip; colour jitter, grayscale, blur, solarize run batched on the device")
-    add("--decode-on-device", action="store_true",
-        help="workers only read the files; JPEG decoding, crop, resize, flip and the photometric steps run batched on the device")
-    add("--save-every", type=int, help=f"also save every N optimiser steps (0: only at epoch ends, on signals, at the end; {default('save_every')})")
-    add("--log-every", type=int, help=f"log at step 1 and every N optimiser steps ({default('log_every')})")
-    add("--roi-probe", metavar="DATA",
-        help="box dataset for the online RoI probe (COCO .json, YOLO folder, or synthetic[:N]); off by default")
-    add("--roi-probe-every", type=int, metavar="N", help=f"run the RoI probe every N epochs (and at the end; {default('roi_probe_every')})")
-    add("--roi-probe-size", type=int, help="image side for the RoI probe (default: 2x --image-size)")
-    add("--device", choices=get_args(Device), help=default("device"))
-    add("--max-consecutive-unreadable", type=int, metavar="N",
-        help=f"with --data: stop when N files in a row cannot be decoded; fewer are replaced and reported ({default('max_consecutive_unreadable')})")
+    """The flags of every setting (:func:`scrl.train.config.add_arguments`), and ``--config``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="read the settings from this YAML file (e.g. a run's config.yaml); the flags given override it")
+    add_arguments(p)
     return p
 
 
@@ -143,10 +95,12 @@ def console() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) a pretraining run; returns its summary dict (also after a stop by signal)."""
     p = parser()
-    args = p.parse_args(argv)
+    flags = vars(p.parse_args(argv))
+    config_file = flags.pop("config", None)
     with console():
         try:
-            return Pretrainer(PretrainConfig(**vars(args))).run()
+            config = PretrainConfig(**flags) if config_file is None else PretrainConfig.from_yaml(config_file, **flags)
+            return Pretrainer(config).run()
         except (ConfigError, CheckpointError, DataError, FileNotFoundError) as err:  # a setting, file or data the run cannot use: named, exit 2
             p.error(in_flags(str(err)))
         except FolderLockedError as err:  # another run is using --output-dir right now
