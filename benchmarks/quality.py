@@ -40,7 +40,7 @@ import torch
 
 from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
 from scrl.eval import roi_measures, roi_probe
-from scrl.export import backbone_state_dict
+from scrl.export import trunk_weights
 from scrl.train import PretrainConfig, Pretrainer, build_model
 from scrl.runtime import LAST_CHECKPOINT
 from scrl.trunk import Trunk, resnet_trunk
@@ -85,7 +85,7 @@ BUDGETS = {
 
 def trunk_from_checkpoint(path: Path, arch: str, device: torch.device) -> Trunk:
     trunk = resnet_trunk(arch)
-    trunk.body.load_state_dict(backbone_state_dict(path))
+    trunk.body.load_state_dict(trunk_weights(path))
     return trunk.to(device)
 
 

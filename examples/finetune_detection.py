@@ -30,7 +30,7 @@ from scrl.data import open_box_dataset, read_class_names, require_boxes_in
 from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval import build_detector, coco_box_ap, detection_classifier, split_by_image, train_detector
 from scrl.eval.detection import load_pycocotools
-from scrl.runtime import cleanup, init_distributed
+from scrl.runtime import cleanup, init_distributed, save_checkpoint
 from scrl.trunk import supported_archs
 
 
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {"weights": args.weights, "arch": arch,
                               **{k: trained[k] for k in ("iters", "final_loss", "first_loss", "train_seconds")}}
     if main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        torch.save(model.state_dict(), os.path.join(args.output_dir, "detector_final.pth"))
+        save_checkpoint(model.state_dict(), os.path.join(args.output_dir, "detector_final.pth"))
         if args.eval == "coco":
             result.update(coco_box_ap(model, val_data, info.device, args.batch_size, args.workers))
             log(f"box AP {result['box_ap']:.2f}  AP50 {result['box_ap50']:.2f}  AP75 {result['box_ap75']:.2f} "

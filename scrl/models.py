@@ -36,7 +36,7 @@ from .losses import scrl_loss
 from .mlp_head import MLPHead
 from .momentum import MomentumTarget
 from .pooling import BoxPairPool, GlobalPool
-from .roi_pool import RoIPairPool
+from .roi_pool import RoIPairPool, RoIPooling
 from .schedule import cosine_tau
 from .trunk import Trunk, as_trunk
 
@@ -149,7 +149,7 @@ class TwoViewModel(nn.Module):
 
         Returns:
             ``(loss, logs)``: float32 scalar loss with gradient; ``logs`` maps ``"loss"``,
-            ``"valid_share"`` (fraction of valid rows, 1 without a mask) and ``"collapse_std"``
+            ``"valid_box_share"`` (fraction of valid rows, 1 without a mask) and ``"collapse_std"``
             (per-dimension std of the l2-normalised online projections, mean over dimensions;
             about ``1/sqrt(projection_dim)`` when healthy, 0 on collapse) to detached 0-dim
             tensors on the views' device. Nothing is read back to the host.
@@ -179,7 +179,7 @@ class TwoViewModel(nn.Module):
             z1, z2 = target["projector"](rows.target, mask).chunk(2)
         loss = scrl_loss(q1, z2, q2, z1, rows.valid)
         share = torch.ones((), device=loss.device) if rows.valid is None else rows.valid.float().mean()
-        logs = {"loss": loss.detach(), "valid_share": share, "collapse_std": _masked_collapse_std(z, mask)}
+        logs = {"loss": loss.detach(), "valid_box_share": share, "collapse_std": _masked_collapse_std(z, mask)}
         return loss, logs
 
     @torch.no_grad()
@@ -221,10 +221,11 @@ class SCRL(TwoViewModel):
             ``"timm:NAME"``, one given to :func:`~scrl.trunk.register_trunk`; random init).
         sampler: the :class:`~scrl.BoxPairSampler` to use; ``None`` builds
             ``BoxPairSampler(**sampler_options)``. Give one or the other, not both.
-        roi_aligned: ``None`` (default) pools each box where the trunk's cells are centred
-            (``trunk.cell_offset``); ``True`` / ``False`` use RoIAlign's own conventions as
-            Detectron2 / the authors' code do (on a torchvision ResNet 15.5 px up-left / 0.5 px
-            down-right of the box centre; see :class:`~scrl.RoIPairPool`).
+        roi_pooling: ``"exact"`` (default) pools each box where the trunk's cells are centred
+            (``trunk.cell_offset``); ``"aligned"`` / ``"unaligned"`` use RoIAlign's own
+            conventions, ``aligned=True`` / ``False``, as Detectron2 / the authors' code do (on a
+            torchvision ResNet 15.5 px up-left / 0.5 px down-right of the box centre; see
+            :class:`~scrl.RoIPairPool`). The same names as ``PretrainConfig.roi_pooling``.
         roi_output_size: RoIAlign output side, >= 1 (paper: 1); the projector sees
             ``channels * roi_output_size**2`` features.
         projector_hidden: hidden width of projector and predictor (paper: 4096).
@@ -254,7 +255,7 @@ class SCRL(TwoViewModel):
         trunk: nn.Module | str = "resnet50",
         *,
         sampler: BoxPairSampler | None = None,
-        roi_aligned: bool | None = None,
+        roi_pooling: RoIPooling = "exact",
         roi_output_size: int = 1,
         projector_hidden: int = 4096,
         projection_dim: int = 256,
@@ -271,7 +272,7 @@ class SCRL(TwoViewModel):
         if sampler is None:
             sampler = BoxPairSampler(**sampler_options)
         trunk = as_trunk(trunk)
-        pool = BoxPairPool.for_trunk(trunk, sampler, roi_output_size, roi_aligned)
+        pool = BoxPairPool.for_trunk(trunk, sampler, roi_output_size, roi_pooling)
         super().__init__(
             trunk, pool, projector_hidden=projector_hidden, projection_dim=projection_dim,
             predictor_hidden=predictor_hidden, tau_base=tau_base,

@@ -1,4 +1,4 @@
-"""Files and processes: crash-safe checkpoints with the RNG state a bit-exact resume needs, one
+"""Files and processes: crash-safe checkpoint and weight files with the RNG state a bit-exact resume needs, one
 process at a time in a folder, and the process group ``torchrun`` starts (with the DDP wrapping
 and unwrapping of models).
 
@@ -7,7 +7,8 @@ layer (export and evaluation as much as the training run) may use it.
 """
 
 from .checkpoint import (
-    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_atomically,
+    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    strip_wrapper_prefixes, write_atomically,
 )
 from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
 from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
@@ -28,6 +29,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "strip_wrapper_prefixes",
     "unwrap_module",
     "wrap_ddp",
     "write_atomically",
