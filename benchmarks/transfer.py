@@ -169,12 +169,12 @@ def detection_row(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fracti
                   quiet: bool) -> dict[str, Any]:
     """Box AP of a detector fine-tuned from one trunk on the training images of the split of ``seed``."""
     train_idx, test_idx = split_by_image(len(data), test_fraction, seed=seed)
-    torch.manual_seed(seed)  # detector heads, batch order and flips: the same for every trunk
-    classifier, _ = detection_classifier(trunk, trunk.arch)
+    # One seed for the detector heads, batch order and flips: the same for every trunk.
+    classifier, _ = detection_classifier(trunk, trunk.arch, seed=seed)
     # AP ranks detections by score: a low threshold keeps a briefly trained detector, whose scores
     # are still near 1 / (classes + 1), from scoring 0 for want of any detection.
     detector = build_detector(classifier, data.num_classes, min_size=b.det_min_size, max_size=b.det_max_size,
-                              rois_per_image=b.det_rois, proposals=b.det_proposals, score_threshold=0.001)
+                              rois_per_image=b.det_rois, proposals=b.det_proposals, score_threshold=0.001, seed=seed)
     log = (lambda *a, **k: None) if quiet else print
     trained = train_detector(detector, Subset(data, train_idx), iters=b.det_iters, batch_size=b.det_batch, lr=b.det_lr,
                              workers=b.det_workers, device=run["device"], amp=b.amp == "bf16", seed=seed,

@@ -12,6 +12,7 @@ from .loader import two_view_loader
 from .open_boxes import HELD_OUT_SEED, open_box_dataset
 from .rgb import to_rgb
 from .sampler import ResumableSampler
+from .seeding import mix_seed, seeded_global_rngs
 from .square_boxes import SquareBoxes, collate_square_boxes, square_box_loader
 from .synthetic import SyntheticScenes
 from .two_view import (
@@ -21,7 +22,6 @@ from .two_view import (
     TwoViewDataset,
     TwoViewItem,
     collate_two_views,
-    mix_seed,
 )
 from .yolo import YoloBoxes, read_class_names
 
@@ -50,6 +50,7 @@ __all__ = [
     "ResumableSampler",
     "square_box_loader",
     "SquareBoxes",
+    "seeded_global_rngs",
     "SyntheticScenes",
     "two_view_loader",
     "to_rgb",

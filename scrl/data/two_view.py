@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from ..geometry import ViewGeometry, check_view_size
+from .seeding import mix_seed, seeded_global_rngs
 
-__all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views", "mix_seed"]
+__all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views"]
 
 TwoViewFn = Callable[[Any], tuple[Tensor, Tensor, ViewGeometry, ViewGeometry]]
-
-
-def mix_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key, their order and their number, e.g. ``mix_seed(seed, epoch, index)``.
-
-    Mixed with :class:`numpy.random.SeedSequence`, so nearby keys give unrelated streams. The
-    number of keys is mixed in too: ``SeedSequence`` alone pads short entropy with zeros, so
-    ``(seed, epoch)`` and ``(seed, epoch, 0)`` would give the same stream.
-
-    Example:
-        >>> torch.Generator().manual_seed(mix_seed(0, 3, 17))  # sample 17 of epoch 3
-    """
-    if not keys or min(keys) < 0:
-        raise ValueError(f"keys must be one or more integers >= 0, got {keys}")
-    state = np.random.SeedSequence([len(keys), *keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class TwoViewItem(NamedTuple):
@@ -202,19 +185,10 @@ class TwoViewDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         encoded = getattr(self.transform, "reads_encoded", False)
         image, skipped = self._image(index, encoded)
-        seed = mix_seed(self.seed, epoch, index)
-        # Seed every generator a transform might draw from, and restore them afterwards so that
-        # the caller's streams (the training process's, with workers=0) are left untouched.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed the GPUs too
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                made = self.transform(image)
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        # Every generator a transform might draw from, seeded per sample; the caller's streams
+        # (the training process's, with workers=0) are left untouched.
+        with seeded_global_rngs(mix_seed(self.seed, epoch, index)):
+            made = self.transform(image)
         if encoded:
             return EncodedTwoViewItem(*made, skipped)
         view1, view2, geom1, geom2 = made

@@ -10,7 +10,7 @@ from .checkpoint import (
     LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
     strip_wrapper_prefixes, write_atomically,
 )
-from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
+from .distributed import DistInfo, all_gather_object, cleanup, get_rank, get_world_size, init_distributed, unwrap_module, wrap_ddp
 from .folder_lock import LOCK_FILE, FolderLock, FolderLockedError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "DistInfo",
     "FolderLock",
     "FolderLockedError",
+    "get_rank",
     "get_world_size",
     "init_distributed",
     "LAST_CHECKPOINT",
