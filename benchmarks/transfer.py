@@ -61,6 +61,7 @@ from scrl.eval.detection import load_pycocotools
 from scrl.runtime import FolderLock, FolderLockedError
 from scrl.train import PretrainConfig, Pretrainer
 from scrl.trunk import Trunk, supported_archs
+from scrl.viz import headless_pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -283,12 +284,8 @@ def plot(result: dict[str, Any], path: Path, title: str) -> str | None:
     Returns:
         The figure's path (relative to the repository when inside it), or None without matplotlib.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7.2, 3.8))
     colours = {"random": "tab:grey", "byol": "tab:orange", "scrl": "tab:blue"}
@@ -303,12 +300,7 @@ def plot(result: dict[str, Any], path: Path, title: str) -> str | None:
             ax.hlines(result["reference"][r], j - 1.5 * width, j + 1.5 * width, colors="black", linestyles=":", lw=1)
     ax.set_xticks(range(len(MEASURES)), [label.replace(" (%)", "") for _, label, _ in MEASURES], fontsize=8)
     ax.set_ylabel("% (mean ± std over seeds; dotted: majority / chance)", fontsize=8)
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title, title_size=8)
     resolved = path.resolve()
     return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path)
 

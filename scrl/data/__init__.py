@@ -12,7 +12,7 @@ from .loader import two_view_loader
 from .open_boxes import HELD_OUT_SEED, open_box_dataset
 from .rgb import to_rgb
 from .sampler import ResumableSampler
-from .seeding import mix_seed, seeded_global_rngs
+from .seeding import SeededDataset, mix_seed, seeded_global_rngs
 from .square_boxes import SquareBoxes, collate_square_boxes, square_box_loader
 from .synthetic import SyntheticScenes
 from .two_view import (
@@ -51,6 +51,7 @@ __all__ = [
     "square_box_loader",
     "SquareBoxes",
     "seeded_global_rngs",
+    "SeededDataset",
     "SyntheticScenes",
     "two_view_loader",
     "to_rgb",

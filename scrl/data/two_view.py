@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from ..geometry import ViewGeometry, check_view_size
-from .seeding import mix_seed, seeded_global_rngs
+from .seeding import SeededDataset, seeded_global_rngs
 
 __all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views"]
 
@@ -120,7 +120,7 @@ def collate_two_views(items: Sequence[TwoViewItem | EncodedTwoViewItem]) -> TwoV
     )
 
 
-class TwoViewDataset(Dataset):
+class TwoViewDataset(SeededDataset):
     """Applies a two-view transform to the images of a dataset, with randomness fixed per sample.
 
     This is where the library's one randomness rule for worker-side transforms is enforced
@@ -162,14 +162,8 @@ class TwoViewDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, transform: TwoViewFn, seed: int = 0) -> None:
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.dataset = dataset
+        super().__init__(dataset, seed)
         self.transform = transform
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
 
     def _image(self, index: int, encoded: bool) -> tuple[Any, dict[str, str]]:
         load = getattr(self.dataset, "load_encoded" if encoded else "load", None)
@@ -182,12 +176,12 @@ class TwoViewDataset(Dataset):
         return (item[0] if isinstance(item, tuple) else item), {}
 
     def __getitem__(self, key: int | tuple[int, int]) -> TwoViewItem | EncodedTwoViewItem:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index, seed = self.item_seed(key)
         encoded = getattr(self.transform, "reads_encoded", False)
         image, skipped = self._image(index, encoded)
         # Every generator a transform might draw from, seeded per sample; the caller's streams
         # (the training process's, with workers=0) are left untouched.
-        with seeded_global_rngs(mix_seed(self.seed, epoch, index)):
+        with seeded_global_rngs(seed):
             made = self.transform(image)
         if encoded:
             return EncodedTwoViewItem(*made, skipped)

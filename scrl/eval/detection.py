@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
-from ..data import ResumableSampler, hflip_with_boxes, mix_seed, seeded_global_rngs
+from ..data import ResumableSampler, SeededDataset, hflip_with_boxes, mix_seed, seeded_global_rngs
 from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision
 from ..fpn import FPNBackbone
 from ..runtime.distributed import get_rank, get_world_size, wrap_ddp
@@ -56,7 +56,7 @@ def load_pycocotools() -> tuple[Any, Any]:
     return COCO, COCOeval
 
 
-class DetectionData(Dataset):
+class DetectionData(SeededDataset):
     """Box dataset items as torchvision detection inputs: ``(image [3, H, W] in [0, 1], target)``.
 
     With ``hflip`` an image and its boxes are mirrored with probability 0.5, drawn from a
@@ -75,24 +75,16 @@ class DetectionData(Dataset):
     """
 
     def __init__(self, dataset: Dataset, hflip: bool, seed: int = 0) -> None:
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.dataset = dataset
+        super().__init__(dataset, seed)
         self.hflip = hflip
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index, seed = self.item_seed(key, _FLIPS)
         image, boxes, labels = self.dataset[index]
         pixels = TF.to_tensor(image)
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        if self.hflip:
-            coin = torch.Generator().manual_seed(mix_seed(self.seed, _FLIPS, epoch, index))
-            if torch.rand((), generator=coin) < 0.5:
-                pixels, boxes = hflip_with_boxes(pixels, boxes)
+        if self.hflip and torch.rand((), generator=torch.Generator().manual_seed(seed)) < 0.5:
+            pixels, boxes = hflip_with_boxes(pixels, boxes)
         return pixels, {"boxes": boxes, "labels": torch.as_tensor(labels, dtype=torch.int64) + 1}
 
 
