@@ -44,7 +44,7 @@ from PIL import Image
 from scrl import TwoViewTransform
 from scrl.data import EncodedTwoViewItem, collate_two_views, read_encoded
 from scrl.data.encoded_image import read_for_device
-from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPhotometric, TwoViewCrops, ViewDecoder, byol_photometric, byol_view
+from scrl.transforms import BatchPhotometric, TwoViewCrops, ViewDecoder, byol_photometric, byol_view, normalize_images
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared/data/coco128-train" / "images"
 
@@ -56,7 +56,7 @@ def plain_views(size: int, photometric: bool) -> Callable[[Image.Image], tuple]:
         crop = T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC)
         steps = [crop, T.RandomHorizontalFlip()]
         if photometric:
-            steps += [byol_photometric(view, size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+            steps += [byol_photometric(view, size), T.ToTensor(), normalize_images]
         else:
             steps += [T.ToTensor()]
         return T.Compose(steps)

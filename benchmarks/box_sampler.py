@@ -134,7 +134,7 @@ def main() -> None:
         "sampler_ms": round(statistics.median(sampler_s) * 1e3, 3),
         "loop_ms": round(statistics.median(loop_s) * 1e3, 3),
         "speedup": round(statistics.median(loop_s) / statistics.median(sampler_s), 1),
-        "valid_share": round(statistics.mean(valid_shares), 4),
+        "valid_box_share": round(statistics.mean(valid_shares), 4),
         **{f"boxes_per_image_{size}": round(fill[0], 3) for size, fill in fills.items()},
         **{f"paper_boxes_per_image_{size}": round(fill[1], 3) for size, fill in fills.items()},
         **{f"fill_ratio_{size}": round(fill[2], 4) for size, fill in fills.items()},
@@ -143,7 +143,7 @@ def main() -> None:
     print(f"{'method':<28}{'ms / batch':>12}")
     print(f"{'BoxPairSampler (vectorised)':<28}{result['sampler_ms']:>12.3f}")
     print(f"{'per-image Python loop':<28}{result['loop_ms']:>12.3f}")
-    print(f"speedup {result['speedup']}x, valid share {result['valid_share']:.4f}")
+    print(f"speedup {result['speedup']}x, valid share {result['valid_box_share']:.4f}")
     print(f"{'boxes per image (1,000 pairs)':<30}{'sampler':>9}{'paper':>9}{'ratio':>8}")
     for size, (ours, paper, ratio) in fills.items():
         print(f"{f'{size}-px views':<30}{ours:>9.3f}{paper:>9.3f}{ratio:>8.4f}")

@@ -40,10 +40,11 @@ import torch
 
 from scrl.data import HELD_OUT_SEED, LabelWarning, SyntheticScenes, YoloBoxes
 from scrl.eval import roi_measures, roi_probe
-from scrl.export import backbone_state_dict
+from scrl.export import trunk_weights
 from scrl.train import PretrainConfig, Pretrainer, build_model
 from scrl.runtime import LAST_CHECKPOINT
 from scrl.trunk import Trunk, resnet_trunk
+from scrl.viz import headless_pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COCO128 = ROOT.parent / "shared" / "data" / "coco128-train"
@@ -85,7 +86,7 @@ BUDGETS = {
 
 def trunk_from_checkpoint(path: Path, arch: str, device: torch.device) -> Trunk:
     trunk = resnet_trunk(arch)
-    trunk.body.load_state_dict(backbone_state_dict(path))
+    trunk.body.load_state_dict(trunk_weights(path))
     return trunk.to(device)
 
 
@@ -179,12 +180,8 @@ def summarise(per_seed: list[dict[str, Any]], sets: list[str]) -> dict[str, Any]
 
 
 def plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     colours = {"scrl": "tab:blue", "byol": "tab:orange", "scrl_aligned": "tab:green"}
@@ -198,12 +195,7 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> bool:
     ax.axhline(first["roi_chance"], color="grey", lw=0.8, ls=":", label="chance")
     ax.set_xlabel("images seen (thousands)")
     ax.set_ylabel("online RoI probe top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
     return True
 
 

@@ -16,7 +16,7 @@ Usage:
 
 The last line with ``--json`` is one JSON object with the keys ``arch, size, batch,
 scrl_step_s, byol_step_s, overhead_ratio, scrl_peak_mb, byol_peak_mb, lars_speedup,
-ema_speedup`` (plus ``device``, ``threads``, ``repeats``, ``valid_share``, ``lars_step_s``,
+ema_speedup`` (plus ``device``, ``threads``, ``repeats``, ``valid_box_share``, ``lars_step_s``,
 ``lars_loop_s``, ``ema_update_s``, ``ema_loop_s``).
 """
 
@@ -218,7 +218,7 @@ def main() -> None:
         "overhead_ratio": round(times["scrl"] / times["byol"], 3),
         "scrl_peak_mb": None if peaks["scrl"] is None else round(peaks["scrl"], 1),
         "byol_peak_mb": None if peaks["byol"] is None else round(peaks["byol"], 1),
-        "valid_share": round(float(steppers["scrl"].logs["valid_share"]), 3),
+        "valid_box_share": round(float(steppers["scrl"].logs["valid_box_share"]), 3),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
@@ -233,7 +233,7 @@ def main() -> None:
     for name in ("scrl", "byol"):
         peak = result[f"{name}_peak_mb"]
         print(f"{name.upper():10} {result[f'{name}_step_s']:8.3f} {'n/a' if peak is None else f'{peak:9.1f}':>9}")
-    print(f"SCRL / BYOL step time: {result['overhead_ratio']:.3f} (valid box share {result['valid_share']:.2f})")
+    print(f"SCRL / BYOL step time: {result['overhead_ratio']:.3f} (valid box share {result['valid_box_share']:.2f})")
     if args.optimizer_repeats > 0:
         print(f"LARS.step {result['lars_step_s'] * 1e3:.2f} ms vs loop {result['lars_loop_s'] * 1e3:.2f} ms: x{result['lars_speedup']:.2f}")
         print(f"MomentumTarget.update {result['ema_update_s'] * 1e3:.2f} ms vs loop {result['ema_loop_s'] * 1e3:.2f} ms: x{result['ema_speedup']:.2f}")

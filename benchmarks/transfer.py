@@ -61,6 +61,7 @@ from scrl.eval.detection import load_pycocotools
 from scrl.runtime import FolderLock, FolderLockedError
 from scrl.train import PretrainConfig, Pretrainer
 from scrl.trunk import Trunk, supported_archs
+from scrl.viz import headless_pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -169,12 +170,12 @@ def detection_row(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fracti
                   quiet: bool) -> dict[str, Any]:
     """Box AP of a detector fine-tuned from one trunk on the training images of the split of ``seed``."""
     train_idx, test_idx = split_by_image(len(data), test_fraction, seed=seed)
-    torch.manual_seed(seed)  # detector heads, batch order and flips: the same for every trunk
-    classifier, _ = detection_classifier(trunk, trunk.arch)
+    # One seed for the detector heads, batch order and flips: the same for every trunk.
+    classifier, _ = detection_classifier(trunk, trunk.arch, seed=seed)
     # AP ranks detections by score: a low threshold keeps a briefly trained detector, whose scores
     # are still near 1 / (classes + 1), from scoring 0 for want of any detection.
     detector = build_detector(classifier, data.num_classes, min_size=b.det_min_size, max_size=b.det_max_size,
-                              rois_per_image=b.det_rois, proposals=b.det_proposals, score_threshold=0.001)
+                              rois_per_image=b.det_rois, proposals=b.det_proposals, score_threshold=0.001, seed=seed)
     log = (lambda *a, **k: None) if quiet else print
     trained = train_detector(detector, Subset(data, train_idx), iters=b.det_iters, batch_size=b.det_batch, lr=b.det_lr,
                              workers=b.det_workers, device=run["device"], amp=b.amp == "bf16", seed=seed,
@@ -283,12 +284,8 @@ def plot(result: dict[str, Any], path: Path, title: str) -> str | None:
     Returns:
         The figure's path (relative to the repository when inside it), or None without matplotlib.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7.2, 3.8))
     colours = {"random": "tab:grey", "byol": "tab:orange", "scrl": "tab:blue"}
@@ -303,12 +300,7 @@ def plot(result: dict[str, Any], path: Path, title: str) -> str | None:
             ax.hlines(result["reference"][r], j - 1.5 * width, j + 1.5 * width, colors="black", linestyles=":", lw=1)
     ax.set_xticks(range(len(MEASURES)), [label.replace(" (%)", "") for _, label, _ in MEASURES], fontsize=8)
     ax.set_ylabel("% (mean ± std over seeds; dotted: majority / chance)", fontsize=8)
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title, title_size=8)
     resolved = path.resolve()
     return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path)
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from scrl.export import load_source, resnet_arch, save_detectron2, save_torchvision, source_arch, to_timm, to_torchvision
+from scrl.runtime import save_checkpoint
 from scrl.trunk import TIMM_PREFIX
 
 
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.format == "timm":
             source = load_source(args.checkpoint, weights_only=weights_only)
             state = to_timm(source, arch=args.arch)
-            torch.save(state, args.out)
+            save_checkpoint(state, args.out)
             name = (args.arch or source_arch(source)).removeprefix(TIMM_PREFIX)
             print(f"wrote {args.out} (timm {name}); load with timm.create_model({name!r}).load_state_dict(sd, strict=False)")
             return {"weights": str(args.out), "arch": TIMM_PREFIX + name}

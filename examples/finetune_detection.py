@@ -23,14 +23,13 @@ import sys
 import warnings
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset, Subset
 
 from scrl.data import open_box_dataset, read_class_names, require_boxes_in
 from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval import build_detector, coco_box_ap, detection_classifier, split_by_image, train_detector
 from scrl.eval.detection import load_pycocotools
-from scrl.runtime import cleanup, init_distributed
+from scrl.runtime import cleanup, init_distributed, save_checkpoint
 from scrl.trunk import supported_archs
 
 
@@ -106,16 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
     info = init_distributed(None if args.device == "auto" else args.device)
     main_process = info.rank == 0
     log = print if main_process else (lambda *a, **k: None)
-    torch.manual_seed(args.seed + info.rank)
     try:  # a dataset or weights that cannot be used: named, exit 2
         with warnings.catch_warnings():
             if not main_process:
                 warnings.simplefilter("ignore")  # every process reads the same data: rank 0 reports it
             data, train_data, val_data = open_data(args)
-        torch.manual_seed(args.seed)  # identical initial weights on every rank
-        classifier, arch = detection_classifier(args.weights, args.arch, weights_only=not args.unsafe_load)
+        # One seed for every rank: identical initial weights (and batch order and flips in training).
+        classifier, arch = detection_classifier(args.weights, args.arch, weights_only=not args.unsafe_load, seed=args.seed)
         model = build_detector(classifier, data.num_classes, min_size=args.min_size, max_size=args.max_size,
-                               rois_per_image=args.rois_per_image, proposals=args.proposals)
+                               rois_per_image=args.rois_per_image, proposals=args.proposals, seed=args.seed)
     except ValueError as err:
         p.error(str(err))
     log(f"Faster R-CNN FPN on {arch} from {args.weights}: {len(train_data)} training images, {data.num_classes} classes")
@@ -128,8 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {"weights": args.weights, "arch": arch,
                               **{k: trained[k] for k in ("iters", "final_loss", "first_loss", "train_seconds")}}
     if main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        torch.save(model.state_dict(), os.path.join(args.output_dir, "detector_final.pth"))
+        save_checkpoint(model.state_dict(), os.path.join(args.output_dir, "detector_final.pth"))
         if args.eval == "coco":
             result.update(coco_box_ap(model, val_data, info.device, args.batch_size, args.workers))
             log(f"box AP {result['box_ap']:.2f}  AP50 {result['box_ap50']:.2f}  AP75 {result['box_ap75']:.2f} "

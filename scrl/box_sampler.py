@@ -9,7 +9,7 @@ synchronisation.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,8 @@ SamplingMode = Literal["uniform", "grid"]
 # views and at least 0.97 of them at 96-px views, where most images are crowded
 # (benchmarks/box_sampler.py measures both).
 DEFAULT_CANDIDATES_PER_BOX = 20
+# BoxPairSampler's settings: sample_box_pairs' arguments after the geometries, under their names.
+_OPTIONS = ("num_boxes", "min_size", "iou_threshold", "jitter", "mode", "candidates_per_box")
 _STRIKE_SCALE = 1e30
 
 
@@ -282,20 +284,11 @@ class BoxPairSampler(torch.nn.Module):
         self.candidates_per_box = candidates_per_box
 
     def forward(self, geom1: ViewGeometry, geom2: ViewGeometry, generator: torch.Generator | None = None) -> BoxPairs:
-        return sample_box_pairs(
-            geom1,
-            geom2,
-            num_boxes=self.num_boxes,
-            min_size=self.min_size,
-            iou_threshold=self.iou_threshold,
-            jitter=self.jitter,
-            mode=self.mode,
-            candidates_per_box=self.candidates_per_box,
-            generator=generator,
-        )
+        return sample_box_pairs(geom1, geom2, **self._options(), generator=generator)
+
+    def _options(self) -> dict[str, Any]:
+        """The settings under :func:`sample_box_pairs`'s names."""
+        return {name: getattr(self, name) for name in _OPTIONS}
 
     def extra_repr(self) -> str:
-        return (
-            f"num_boxes={self.num_boxes}, min_size={self.min_size}, iou_threshold={self.iou_threshold}, "
-            f"jitter={self.jitter}, mode={self.mode!r}, candidates_per_box={self.candidates_per_box}"
-        )
+        return ", ".join(f"{name}={value!r}" for name, value in self._options().items())

@@ -5,13 +5,17 @@ Sources accepted everywhere (``source`` below):
 * the path of a training checkpoint written by ``examples/pretrain_imagenet.py`` (a dict with
   ``"model"``, the SCRL/BYOL ``state_dict`` whose online trunk keys start with ``trunk.body.``),
   or such a dict already loaded; no model is built to read it;
-* an ``SCRL``/``BYOL`` module (anything with ``backbone_state_dict()``), a ``Trunk`` (anything
-  with ``.body``) or a torchvision ``ResNet``, also wrapped in DDP or ``torch.compile``;
+* an ``SCRL``/``BYOL`` module (anything with a ``backbone_state_dict()`` method), a ``Trunk``
+  (anything with ``.body``) or a torchvision ``ResNet``, also wrapped in DDP or ``torch.compile``;
 * a torchvision ResNet ``state_dict`` (e.g. supervised weights), or the path of one.
 
 Detectron2 is not needed: its weight format is a pickle of numpy arrays under Detectron2's
 key names, which Detectron2 loads with ``matching_heuristics`` the way it loads its own
 converted torchvision models.
+
+Files are read with :func:`scrl.runtime.load_checkpoint` (an unreadable one is a
+:class:`~scrl.runtime.CheckpointError` naming it) and written atomically
+(:func:`scrl.runtime.save_checkpoint`, :func:`scrl.runtime.write_atomically`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from .runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_wrapper_prefixes, write_atomically
 from .runtime.distributed import unwrap_module
-from .runtime.checkpoint import load_checkpoint
 from .trunk import FAMILIES, TIMM_PREFIX, supported_archs, torchvision_trunk
 
 __all__ = [
-    "backbone_state_dict",
     "detectron2_config",
     "load_source",
     "resnet_arch",
@@ -41,6 +42,7 @@ __all__ = [
     "to_detectron2",
     "to_timm",
     "to_torchvision",
+    "trunk_weights",
 ]
 
 Source = str | os.PathLike | Mapping[str, Any] | nn.Module
@@ -57,44 +59,11 @@ _DEPTHS = {
     (True, (3, 4, 23, 3)): 101,
     (True, (3, 8, 36, 3)): 152,
 }
-# Prefixes wrappers add to parameter names: DistributedDataParallel and torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.(.+)")
 
 
-def _load(path: str | os.PathLike, weights_only: bool) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        return load_checkpoint(path, weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds objects that torch.load(weights_only=True) refuses ({err}); if you trust "
-            "the file, load it with weights_only=False (--unsafe-load in the example scripts)"
-        ) from err
-
-
-def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``state``, in its order, with the key prefixes of wrapped modules removed.
-
-    Leading prefixes may be nested and mixed (``module._orig_mod.``, ``_orig_mod.module.``:
-    DDP around a compiled model, or the reverse); a compiled submodule leaves ``._orig_mod.``
-    inside the key (``trunk._orig_mod.body.x``). Of keys that strip to one name, only one is
-    kept.
-    """
-    # The names are stripped on a {name: original key} dict: consume_prefix_in_state_dict_if_present
-    # edits in place and moves renamed keys to the end, and neither may reach the caller's state.
-    names = {key: key for key in state}
-    while any(name.startswith(_WRAPPER_PREFIXES) for name in names):  # one level per call
-        for prefix in _WRAPPER_PREFIXES:
-            consume_prefix_in_state_dict_if_present(names, prefix)
-    stripped = {key: name for name, key in names.items()}
-    return {stripped[key].replace("._orig_mod.", "."): value for key, value in state.items() if key in stripped}
-
-
 def _trunk_from_state(state: Mapping[str, Any]) -> dict[str, Tensor]:
-    state = _strip_wrappers(state)
+    state = strip_wrapper_prefixes(state)
     for prefix in ("trunk.body.", "body."):
         picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if picked:
@@ -110,8 +79,11 @@ def _trunk_from_state(state: Mapping[str, Any]) -> dict[str, Tensor]:
     )
 
 
-def backbone_state_dict(source: Source, *, weights_only: bool = True) -> dict[str, Tensor]:
-    """The trunk weights of ``source`` under torchvision ResNet key names, on the CPU.
+def trunk_weights(source: Source, *, weights_only: bool = True) -> dict[str, Tensor]:
+    """The trunk weights of ``source`` under its trunk's own key names, on the CPU.
+
+    For torchvision trunks those are the classifier's names (``conv1.weight``, ``features.0...``);
+    a model's or trunk's weights are what its ``backbone_state_dict()`` method gives.
 
     Args:
         source: a checkpoint path or dict, an SCRL/BYOL/Trunk/ResNet module, or a torchvision
@@ -120,15 +92,18 @@ def backbone_state_dict(source: Source, *, weights_only: bool = True) -> dict[st
             trusted files holding other Python objects).
 
     Returns:
-        ``{torchvision key: tensor}`` (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``...),
+        ``{key: tensor}`` (for a ResNet ``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``...),
         detached CPU copies.
 
+    Raises:
+        CheckpointError: a path that does not exist or is no readable checkpoint.
+        ValueError: ``source`` holds no trunk weights.
+
     Example:
-        >>> sd = backbone_state_dict("runs/scrl/checkpoint_last.pth")     # doctest: +SKIP
+        >>> sd = trunk_weights("runs/scrl/checkpoint_last.pth")          # doctest: +SKIP
         >>> torchvision.models.resnet50().load_state_dict(sd, strict=False)  # doctest: +SKIP
     """
-    if isinstance(source, (str, os.PathLike)):
-        source = _load(source, weights_only)
+    source = load_source(source, weights_only=weights_only)
     if isinstance(source, nn.Module):
         module = unwrap_module(source)
         if hasattr(module, "backbone_state_dict"):  # SCRL, BYOL, Trunk: already under the source model's names
@@ -169,8 +144,17 @@ def resnet_arch(state_dict: Mapping[str, Tensor]) -> str:
 
 
 def load_source(source: Source, *, weights_only: bool = True) -> Source:
-    """``source`` itself, or the object a path holds (loaded once, for several of the functions here)."""
-    return _load(source, weights_only) if isinstance(source, (str, os.PathLike)) else source
+    """``source`` itself, or the dict a path holds (loaded once, for several of the functions here).
+
+    Raises:
+        CheckpointError: the path does not exist, or is no readable checkpoint
+            (:func:`scrl.runtime.load_checkpoint`); the message names it.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    if not os.path.isfile(source):  # a ValueError like every other refusal here, not an OSError
+        raise CheckpointError(f"checkpoint {os.fspath(source)} does not exist")
+    return load_checkpoint(source, weights_only=weights_only)
 
 
 def source_arch(source: Source, *, weights_only: bool = True) -> str | None:
@@ -212,7 +196,7 @@ def to_torchvision(source: Source, *, arch: str | None = None, weights_only: boo
         >>> # missing == ['fc.weight', 'fc.bias'], unexpected == []        # doctest: +SKIP
     """
     source = load_source(source, weights_only=weights_only)
-    state = backbone_state_dict(source, weights_only=weights_only)
+    state = trunk_weights(source, weights_only=weights_only)
     arch = arch or source_arch(source)
     if arch is None:
         try:
@@ -252,7 +236,7 @@ def to_timm(source: Source, *, arch: str | None = None, weights_only: bool = Tru
     if isinstance(source, Mapping) and "model" not in source and not any(k.startswith("trunk.body.") for k in source):
         state = dict(source)  # already a timm state dict (an earlier export)
     else:
-        state = backbone_state_dict(source)
+        state = trunk_weights(source)
         if isinstance(source, Mapping):  # a checkpoint: the trunk's body holds the timm model as .model
             state = {k.removeprefix("model."): v for k, v in state.items()}
     try:
@@ -330,7 +314,7 @@ def _resnet_only(source: Source, weights_only: bool) -> dict[str, Tensor]:
     arch = None
     if recorded is None or recorded.startswith("resnet"):  # ResNeXt and Wide ResNets fail resnet_arch too
         try:
-            arch = resnet_arch(backbone_state_dict(source))
+            arch = resnet_arch(trunk_weights(source))
         except ValueError:
             pass
     if arch is None:
@@ -383,11 +367,9 @@ def detectron2_config(arch: str, weights: str | os.PathLike = "model.pkl") -> st
 def save_torchvision(
     source: Source, path: str | os.PathLike, *, arch: str | None = None, weights_only: bool = True
 ) -> Path:
-    """Write :func:`to_torchvision` of ``source`` to ``path`` with ``torch.save``; returns the path."""
-    state = to_torchvision(source, arch=arch, weights_only=weights_only)
+    """Write :func:`to_torchvision` of ``source`` to ``path`` (:func:`scrl.runtime.save_checkpoint`); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    save_checkpoint(to_torchvision(source, arch=arch, weights_only=weights_only), path)
     return path
 
 
@@ -410,9 +392,8 @@ def save_detectron2(
         raise ValueError(f"path must end in .pkl (Detectron2 reads pickles only by that suffix), got {path}")
     state = _resnet_only(source, weights_only)
     weights = to_detectron2(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(weights, f, protocol=pickle.HIGHEST_PROTOCOL)
+    write_atomically(path, lambda f: pickle.dump(weights, f, protocol=pickle.HIGHEST_PROTOCOL))
     config = path.with_suffix(".yaml")
-    config.write_text(detectron2_config(resnet_arch(state), path.name), encoding="utf-8")
+    text = detectron2_config(resnet_arch(state), path.name)
+    write_atomically(config, lambda f: f.write(text.encode("utf-8")))
     return path, config

@@ -20,11 +20,13 @@ __all__ = ["MLPHead"]
 def _sum_over_processes(x: Tensor, bn: nn.Module) -> Tensor:
     """Differentiable all-reduce sum for a ``SyncBatchNorm`` in a multi-process run, else ``x``."""
     if isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
-        group = bn.process_group or dist.group.WORLD
-        if dist.get_world_size(group) > 1:
+        # Imported here: ``import scrl`` loads nothing of scrl.runtime.
+        from .runtime.distributed import get_world_size
+
+        if get_world_size(bn.process_group) > 1:
             from torch.distributed.nn.functional import all_reduce
 
-            return all_reduce(x, group=group)
+            return all_reduce(x, group=bn.process_group or dist.group.WORLD)
     return x
 
 

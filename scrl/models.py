@@ -36,7 +36,7 @@ from .losses import scrl_loss
 from .mlp_head import MLPHead
 from .momentum import MomentumTarget
 from .pooling import BoxPairPool, GlobalPool
-from .roi_pool import RoIPairPool
+from .roi_pool import RoIPairPool, RoIPooling
 from .schedule import cosine_tau
 from .trunk import Trunk, as_trunk
 
@@ -226,10 +226,11 @@ class SCRL(TwoViewModel):
             ``"timm:NAME"``, one given to :func:`~scrl.trunk.register_trunk`; random init).
         sampler: the :class:`~scrl.BoxPairSampler` to use; ``None`` builds
             ``BoxPairSampler(**sampler_options)``. Give one or the other, not both.
-        roi_aligned: ``None`` (default) pools each box where the trunk's cells are centred
-            (``trunk.cell_offset``); ``True`` / ``False`` use RoIAlign's own conventions as
-            Detectron2 / the authors' code do (on a torchvision ResNet 15.5 px up-left / 0.5 px
-            down-right of the box centre; see :class:`~scrl.RoIPairPool`).
+        roi_pooling: ``"exact"`` (default) pools each box where the trunk's cells are centred
+            (``trunk.cell_offset``); ``"aligned"`` / ``"unaligned"`` use RoIAlign's own
+            conventions, ``aligned=True`` / ``False``, as Detectron2 / the authors' code do (on a
+            torchvision ResNet 15.5 px up-left / 0.5 px down-right of the box centre; see
+            :class:`~scrl.RoIPairPool`). The same names as ``PretrainConfig.roi_pooling``.
         roi_output_size: RoIAlign output side, >= 1 (paper: 1); the projector sees
             ``channels * roi_output_size**2`` features.
         projector_hidden: hidden width of projector and predictor (paper: 4096).
@@ -259,7 +260,7 @@ class SCRL(TwoViewModel):
         trunk: nn.Module | str = "resnet50",
         *,
         sampler: BoxPairSampler | None = None,
-        roi_aligned: bool | None = None,
+        roi_pooling: RoIPooling = "exact",
         roi_output_size: int = 1,
         projector_hidden: int = 4096,
         projection_dim: int = 256,
@@ -276,7 +277,7 @@ class SCRL(TwoViewModel):
         if sampler is None:
             sampler = BoxPairSampler(**sampler_options)
         trunk = as_trunk(trunk)
-        pool = BoxPairPool.for_trunk(trunk, sampler, roi_output_size, roi_aligned)
+        pool = BoxPairPool.for_trunk(trunk, sampler, roi_output_size, roi_pooling)
         super().__init__(
             trunk, pool, projector_hidden=projector_hidden, projection_dim=projection_dim,
             predictor_hidden=predictor_hidden, tau_base=tau_base,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .box_sampler import BoxPairSampler
 from .geometry import ViewGeometry
-from .roi_pool import RoIPairPool
+from .roi_pool import ROI_POOLING, RoIPairPool, RoIPooling
 from .trunk import Trunk
 
 __all__ = ["PooledPairs", "GlobalPool", "BoxPairPool"]
@@ -112,7 +112,7 @@ class BoxPairPool(nn.Module):
 
     @classmethod
     def for_trunk(
-        cls, trunk: Trunk, sampler: BoxPairSampler, output_size: int = 1, aligned: bool | None = None
+        cls, trunk: Trunk, sampler: BoxPairSampler, output_size: int = 1, roi_pooling: RoIPooling = "exact"
     ) -> "BoxPairPool":
         """Pool ``sampler``'s boxes on ``trunk``'s maps, at its stride and cell centres.
 
@@ -120,11 +120,18 @@ class BoxPairPool(nn.Module):
             trunk: the :class:`~scrl.Trunk` whose maps are pooled.
             sampler: draws the box pairs.
             output_size: RoIAlign output side, >= 1 (paper: 1).
-            aligned: ``None`` samples where the trunk's cells are centred; ``True`` / ``False``
-                use RoIAlign's own conventions (see :class:`~scrl.RoIPairPool`).
+            roi_pooling: ``"exact"`` samples where the trunk's cells are centred; ``"aligned"`` /
+                ``"unaligned"`` use RoIAlign's own conventions, ``aligned=True`` / ``False``
+                (see :class:`~scrl.RoIPairPool`).
+
+        Raises:
+            ValueError: ``trunk`` is no :class:`~scrl.Trunk`, or ``roi_pooling`` names no rule.
         """
         if not isinstance(trunk, Trunk):
             raise ValueError(f"trunk must be a Trunk (it declares stride and cell_offset), got {type(trunk).__name__}")
+        if roi_pooling not in ROI_POOLING:
+            raise ValueError(f"roi_pooling must be one of {', '.join(map(repr, ROI_POOLING))}, got {roi_pooling!r}")
+        aligned = ROI_POOLING[roi_pooling]
         return cls(sampler, RoIPairPool(trunk.stride, output_size, aligned=aligned, cell_offset=trunk.cell_offset))
 
     @property

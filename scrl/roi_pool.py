@@ -7,12 +7,14 @@ ResNet's C5 cells are centred at ``32i + 0.5``, so ``aligned=True`` pools every 
 and to the left of where it is, and ``aligned=False`` 0.5 px down and to the right.
 :func:`pool_boxes` samples each box at the trunk's real cell centres by default; the two
 conventions stay available as ``aligned=True`` (Detectron2's RoIAlignV2) and ``aligned=False``
-(RoIAlign v1, the authors' code).
+(RoIAlign v1, the authors' code). A model or a run names the three rules ``"exact"``,
+``"aligned"`` and ``"unaligned"`` (:data:`ROI_POOLING`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +22,12 @@ from torchvision.ops import roi_align
 
 from .box_sampler import BoxPairs
 
-__all__ = ["RoIPairPool", "pool_boxes", "roi_pair_pool"]
+__all__ = ["ROI_POOLING", "RoIPairPool", "RoIPooling", "pool_boxes", "roi_pair_pool"]
+
+RoIPooling = Literal["exact", "aligned", "unaligned"]
+# Where a rule samples each box, as RoIAlign's ``aligned`` argument: "exact" at the trunk's
+# real cell centres (None), "aligned" as Detectron2 (True), "unaligned" as the authors' code (False).
+ROI_POOLING: dict[str, bool | None] = {"exact": None, "aligned": True, "unaligned": False}
 
 
 def _check_args(output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool | None, cell_offset: float) -> None:

@@ -1,8 +1,9 @@
-"""Pictures of matched box pairs, for checking and explaining the sampler."""
+"""Pictures of matched box pairs, for checking and explaining the sampler, and figures saved to files."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -11,7 +12,7 @@ from torchvision.utils import draw_bounding_boxes
 from .box_sampler import BoxPairs
 from .transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["draw_box_pairs", "to_uint8_image"]
+__all__ = ["draw_box_pairs", "headless_pyplot", "save_figure", "to_uint8_image"]
 
 # Ten well-separated colours (matplotlib's "tab10"), cycled over the K pairs.
 PALETTE = (
@@ -109,3 +110,39 @@ def draw_box_pairs(
     canvas[:, : drawn[0].shape[1], : drawn[0].shape[2]] = drawn[0]
     canvas[:, : drawn[1].shape[1], drawn[0].shape[2] + gap :] = drawn[1]
     return canvas
+
+
+def headless_pyplot() -> Any | None:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed), or ``None`` without matplotlib.
+
+    matplotlib is optional (``pip install "scrl[plot]"``); a caller without it skips its figure.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, title: str, title_size: float = 9, dpi: int = 120) -> None:
+    """Title and legend on ``fig``'s first axes, then the figure written to ``path`` (its folder made) and closed.
+
+    Args:
+        fig: a matplotlib figure from :func:`headless_pyplot`'s ``subplots``.
+        path: the image file; its suffix picks the format (``.png``).
+        title: the axes' title.
+        title_size: the title's font size, in points.
+        dpi: dots per inch of the image.
+    """
+    import matplotlib.pyplot as plt
+
+    ax = fig.axes[0]
+    ax.set_title(title, fontsize=title_size)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

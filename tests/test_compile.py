@@ -53,7 +53,7 @@ def test_forward_and_backward_compile_without_graph_breaks(cls, arch):
     assert grads_c.keys() == grads_e.keys() and len(grads_c) == len([p for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(grads_c, grads_e)
     if cls is SCRL:
-        assert 0 < logs_c["valid_share"] < 1  # some box slots invalid: the static-shape path is exercised
+        assert 0 < logs_c["valid_box_share"] < 1  # some box slots invalid: the static-shape path is exercised
 
 
 @pytest.mark.slow

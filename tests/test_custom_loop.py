@@ -21,7 +21,7 @@ def test_readme_usage_snippet_runs():
     assert len([line for line in snippet.splitlines() if line.strip()]) <= 10
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
-    assert torch.isfinite(namespace["loss"]) and set(namespace["logs"]) >= {"loss", "valid_share", "collapse_std"}
+    assert torch.isfinite(namespace["loss"]) and set(namespace["logs"]) >= {"loss", "valid_box_share", "collapse_std"}
 
 
 def test_custom_loop_snippet_trains(capsys):

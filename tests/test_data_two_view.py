@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from scrl import ViewGeometry
+from scrl import TwoViewTransform, ViewGeometry
 from scrl.data import ResumableSampler, SyntheticScenes, TwoViewDataset, collate_two_views, two_view_loader
-from scrl.runtime.random_streams import mix_seed
+from scrl.runtime.random_streams import mix_seed, seeded_global_rngs
 
 
 def _noisy_views(image):
@@ -118,3 +118,26 @@ def test_images_come_from_load_when_a_dataset_has_it_else_from_indexing():
     assert torch.equal(replacing[2].crop, reference[2].crop) and torch.equal(replacing[0], reference[0])
     plain = TwoViewDataset([scenes[i][0] for i in range(3)], _noisy_views, seed=1)[(0, 2)]  # items are images
     assert plain[4] == {} and torch.equal(plain[2].crop, reference[2].crop)
+
+
+def test_loader_generator_takes_the_runs_seed():
+    ds = TwoViewDataset(SyntheticScenes(8, image_size=48), TwoViewTransform.byol(size=32, output="uint8"), seed=0)
+    sampler = ResumableSampler(ds, num_replicas=1, rank=0, seed=0)
+    assert two_view_loader(ds, sampler, batch_size=4, workers=0).generator.initial_seed() == 0  # the default, as before
+    assert two_view_loader(ds, sampler, batch_size=4, workers=0, seed=5).generator.initial_seed() == 5
+
+
+def test_seeded_global_rngs_repeat_for_a_seed_and_give_the_callers_streams_back():
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].tolist()
+    draws = []
+    for _ in range(2):
+        with seeded_global_rngs(mix_seed(3, 1)):
+            draws.append((torch.rand(3), random.random(), float(np.random.rand())))
+    with pytest.raises(RuntimeError), seeded_global_rngs(4):
+        torch.rand(1)
+        raise RuntimeError("the streams come back after an exception too")
+    assert torch.equal(draws[0][0], draws[1][0]) and draws[0][1:] == draws[1][1:]
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1:] == (random.getstate(), np.random.get_state()[1].tolist())

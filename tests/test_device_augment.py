@@ -109,3 +109,18 @@ def test_workers_plus_device_match_the_per_image_pipeline_in_distribution(name, 
         assert abs(batched.std().item() / per_image.std().item() - 1) < 4 * (2 / (2 * n)) ** 0.5
     else:
         assert abs(batched.mean().item() - 0.2) < 4 * (0.16 / n) ** 0.5  # the paper's p = 0.2
+
+
+def test_one_normalisation_equals_torchvisions_and_batch_photometrics_to_the_bit():
+    import torchvision.transforms as T
+
+    from scrl.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    pixels = T.ToTensor()(image)  # what benchmarks/augment.py's torchvision pipeline normalises
+    assert torch.equal(normalize_images(pixels), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(pixels))
+    views = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    for view in (1, 2):
+        normalised = BatchPhotometric(view=view)(views, generator=torch.Generator().manual_seed(2))
+        plain = BatchPhotometric(view=view, normalize=False)(views, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(normalised, normalize_images(plain))

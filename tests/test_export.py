@@ -11,7 +11,6 @@ import torch
 import torchvision
 
 from scrl.export import (
-    backbone_state_dict,
     detectron2_config,
     detectron2_key,
     resnet_arch,
@@ -19,7 +18,9 @@ from scrl.export import (
     save_torchvision,
     to_detectron2,
     to_torchvision,
+    trunk_weights,
 )
+from scrl.runtime import CheckpointError
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
@@ -111,7 +112,7 @@ def test_sources_agree_module_trunk_ddp_prefix_and_torchvision_dict() -> None:
     trunk_like = torch.nn.Module()
     trunk_like.body = model
     for source in (trunk_like, model.state_dict(), {"model": prefixed}):
-        got = backbone_state_dict(source)
+        got = trunk_weights(source)
         assert got.keys() == reference.keys()
         assert all(torch.equal(got[k], reference[k]) for k in reference)
     assert resnet_arch(reference) == "resnet18"
@@ -127,11 +128,11 @@ def test_wrapper_prefixes_stripped_nested_mixed_and_inside_keys_in_order() -> No
         head = prefixes[i % len(prefixes)]
         mixed[f"{head}trunk._orig_mod.body.{key}" if i % 7 == 0 else f"{head}trunk.body.{key}"] = reference[key]
     frozen = dict(mixed)
-    got = backbone_state_dict({"model": mixed})
+    got = trunk_weights({"model": mixed})
     assert list(got) == keys and all(torch.equal(got[k], reference[k]) for k in keys)  # same order too
     assert mixed == frozen and list(mixed) == list(frozen)  # the caller's dict is left as it was
     compiled = torch.nn.DataParallel(torch.compile(_randomised("resnet18")))  # compiles lazily: nothing runs
-    assert list(backbone_state_dict(compiled)) == keys
+    assert list(trunk_weights(compiled)) == keys
 
 
 def test_scrl_module_exports_its_online_trunk() -> None:
@@ -176,12 +177,33 @@ def test_export_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.pkl"):
         save_detectron2(_randomised("resnet18"), tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="no trunk weights"):
-        backbone_state_dict({"model": {"projector.weight": torch.zeros(2)}})
-    with pytest.raises(ValueError, match="does not exist"):
-        backbone_state_dict(tmp_path / "missing.pth")
+        trunk_weights({"model": {"projector.weight": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match="missing.pth does not exist"):
+        trunk_weights(tmp_path / "missing.pth")
     state = to_torchvision(_randomised("resnet18"))
     del state["layer4.1.conv2.weight"]
     with pytest.raises(ValueError, match="missing"):
         to_torchvision(state)
     with pytest.raises(ValueError, match="arch"):
         detectron2_config("vgg16")
+
+
+def test_unreadable_or_unsafe_files_are_checkpoint_errors_naming_the_path(tmp_path: Path) -> None:
+    torn = tmp_path / "torn.pth"
+    save_torchvision(_randomised("resnet18"), torn)
+    torn.write_bytes(torn.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"torn\.pth is not a readable checkpoint"):
+        to_torchvision(torn)
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"model": {}, "path": Path("x")}, unsafe)  # a Python object the restricted unpickler refuses
+    with pytest.raises(CheckpointError, match=r"unsafe\.pth holds objects that torch\.load\(weights_only=True\) refuses"):
+        trunk_weights(unsafe)
+    assert issubclass(CheckpointError, ValueError)  # callers catching ValueError still catch these
+
+
+def test_exported_files_are_written_atomically_and_load_weights_only(tmp_path: Path) -> None:
+    out = save_torchvision(_randomised("resnet18"), tmp_path / "r18.pth")
+    weights, config = save_detectron2(_randomised("resnet18"), tmp_path / "r18.pkl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pkl", "r18.pth", "r18.yaml"]  # no temporary file left
+    assert torch.load(out, weights_only=True).keys() == to_torchvision(_randomised("resnet18")).keys()
+    assert config.read_text(encoding="utf-8").startswith("# Detectron2 config keys for a resnet18")

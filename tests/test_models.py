@@ -77,10 +77,10 @@ def test_forward_gives_a_loss_and_detached_scalar_logs(cls):
     loss, logs = model(*batch, generator=torch.Generator().manual_seed(5))
     assert loss.shape == () and loss.dtype == torch.float32 and loss.requires_grad
     torch.testing.assert_close(loss.double(), loss_by_hand(model, *batch, seed=5), rtol=1e-5, atol=1e-6)
-    assert set(logs) == {"loss", "valid_share", "collapse_std"}
+    assert set(logs) == {"loss", "valid_box_share", "collapse_std"}
     assert all(t.shape == () and not t.requires_grad for t in logs.values())
     assert logs["loss"] == loss.detach()
-    assert 0 < logs["valid_share"] <= 1 and 0 < logs["collapse_std"] < 1
+    assert 0 < logs["valid_box_share"] <= 1 and 0 < logs["collapse_std"] < 1
     loss.backward()
     for name, p in online_parameters(model):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -122,7 +122,7 @@ def test_zero_valid_pairs_give_zero_loss_and_gradients_everywhere():
     torch.manual_seed(0)
     model = SCRL("resnet18", **SMALL)
     loss, logs = model(*view_batch(2, disjoint=True))
-    assert logs["valid_share"] == 0 and loss.item() == 0.0
+    assert logs["valid_box_share"] == 0 and loss.item() == 0.0
     loss.backward()
     for name, p in online_parameters(model):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -136,7 +136,7 @@ def test_head_batchnorm_statistics_come_from_valid_boxes_only():
     model.projector.fc1.register_forward_hook(lambda m, i, out: seen.update(hidden=out.detach()))
     _, logs = model(*view_batch(4))
     mask = torch.cat([seen["valid"], seen["valid"]])
-    assert 0 < logs["valid_share"] < 1 and logs["valid_share"] == seen["valid"].float().mean()
+    assert 0 < logs["valid_box_share"] < 1 and logs["valid_box_share"] == seen["valid"].float().mean()
     bn = model.projector.bn
     torch.testing.assert_close(bn.running_mean, bn.momentum * seen["hidden"][mask].mean(0))
     torch.testing.assert_close(bn.running_var, (1 - bn.momentum) + bn.momentum * seen["hidden"][mask].var(0))
@@ -148,7 +148,7 @@ def test_one_image_and_one_box_give_the_loss_computed_by_hand(cls, kwargs):
     model = cls("resnet18", **SMALL, **kwargs)
     batch = view_batch(1)
     loss, logs = model(*batch, generator=torch.Generator().manual_seed(3))
-    assert logs["valid_share"] == 1  # the one slot is a real box (or the one image) ...
+    assert logs["valid_box_share"] == 1  # the one slot is a real box (or the one image) ...
     torch.testing.assert_close(loss.double(), loss_by_hand(model, *batch, seed=3), rtol=1e-5, atol=1e-6)
     assert loss.item() > 0.1  # ... so this is a real loss, not the 0 of no valid pair
     loss.backward()
@@ -191,10 +191,11 @@ def test_custom_trunk_and_larger_roi_output():
     # sampler's settings are reachable from SCRL.
     assert model.trunk.cell_offset == model.roi_pool.cell_offset == 4.0 and model.roi_pool.aligned is None
     assert model.sampler.candidates_per_box == 7 and model.pool.features_per_channel == 4
-    assert SCRL(Trunk(body, stride=8, channels=16), roi_aligned=True, **SMALL).roi_pool.aligned is True
+    for rule, aligned in (("aligned", True), ("unaligned", False), ("exact", None)):
+        assert SCRL(Trunk(body, stride=8, channels=16), roi_pooling=rule, **SMALL).roi_pool.aligned is aligned
     loss, logs = model(*view_batch(2))
     loss.backward()
-    assert logs["valid_share"] > 0 and body[0].weight.grad is not None
+    assert logs["valid_box_share"] > 0 and body[0].weight.grad is not None
 
 
 @pytest.mark.parametrize("cls", [SCRL, BYOL])
@@ -260,7 +261,7 @@ def test_a_sampler_instance_is_used_as_given_and_not_together_with_options():
     model = SCRL(trunk, sampler=sampler, **SMALL)
     assert model.sampler is sampler and model.pool.sampler is sampler
     _, logs = model(*view_batch(2))
-    assert logs["valid_share"] > 0
+    assert logs["valid_box_share"] > 0
     with pytest.raises(ValueError, match="sampler.*min_size, num_boxes"):
         SCRL(trunk, sampler=sampler, num_boxes=3, min_size=8)
 
@@ -296,6 +297,8 @@ def test_box_pair_pool_pools_the_samplers_boxes_like_roi_pair_pool_on_both_netwo
         pool(online, target, g1, None)
     with pytest.raises(ValueError, match="trunk"):
         BoxPairPool.for_trunk(nn.Identity(), BoxPairSampler())
+    with pytest.raises(ValueError, match="roi_pooling must be one of 'exact', 'aligned', 'unaligned', got True"):
+        BoxPairPool.for_trunk(trunk, BoxPairSampler(), roi_pooling=True)
 
 
 @pytest.mark.parametrize("cls", [SCRL, BYOL])

@@ -181,7 +181,7 @@ def test_training_step_has_no_host_sync(cls):
         logs = step(1)
     assert torch.isfinite(logs["loss"]) and 0 < logs["loss"] < 8
     if cls is SCRL:
-        assert 0 < logs["valid_share"] <= 1
+        assert 0 < logs["valid_box_share"] <= 1
 
 
 @pytest.mark.parametrize("optimizer", ["lars", "sgd"])

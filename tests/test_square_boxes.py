@@ -65,3 +65,12 @@ def test_bad_arguments() -> None:
         square_box_loader(Photos(), [0], 8, batch_size=0)
     with pytest.raises(ValueError, match="num_workers"):
         square_box_loader(Photos(), [0], 8, batch_size=1, num_workers=-1)
+
+
+def test_the_loader_seeds_its_own_generator_and_leaves_the_global_rng_alone() -> None:
+    before = torch.get_rng_state()
+    for seed in (0, 7):
+        loader = square_box_loader(Photos(), [0, 1, 2], 16, batch_size=2, seed=seed)
+        assert loader.generator.initial_seed() == seed
+        assert [batch[0].shape[0] for batch in loader] == [2, 1]
+    assert torch.equal(before, torch.get_rng_state())

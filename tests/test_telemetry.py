@@ -13,11 +13,11 @@ def test_device_means_average_per_key_and_reset():
     means = DeviceMeans()
     assert means.read() == {}
     for loss, share in [(1.0, 0.5), (2.0, 0.25), (4.5, 0.0)]:
-        means.add({"loss": torch.tensor(loss, requires_grad=True) * 1, "valid_share": torch.tensor(share)})
-    assert means.read() == pytest.approx({"loss": 2.5, "valid_share": 0.25})
+        means.add({"loss": torch.tensor(loss, requires_grad=True) * 1, "valid_box_share": torch.tensor(share)})
+    assert means.read() == pytest.approx({"loss": 2.5, "valid_box_share": 0.25})
     assert means.count == 0 and means.read() == {}
-    means.add({"loss": torch.tensor(3.0), "valid_share": torch.tensor(1.0)})
-    assert means.read() == {"loss": 3.0, "valid_share": 1.0}
+    means.add({"loss": torch.tensor(3.0), "valid_box_share": torch.tensor(1.0)})
+    assert means.read() == {"loss": 3.0, "valid_box_share": 1.0}
     means.add({"loss": torch.tensor(3.0)})
     with pytest.raises(ValueError, match="keys"):
         means.add({"other": torch.tensor(3.0)})

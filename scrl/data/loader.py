@@ -18,6 +18,7 @@ def two_view_loader(
     workers: int,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
+    seed: int = 0,
 ) -> DataLoader:
     """A :class:`~torch.utils.data.DataLoader` of :class:`~scrl.data.TwoViewBatch` for pretraining.
 
@@ -27,9 +28,9 @@ def two_view_loader(
     Randomness: the transforms in the workers draw from the global RNGs, which
     :class:`TwoViewDataset` seeds per sample from ``(seed, epoch, index)``, so the per-worker
     seeds the DataLoader hands out never matter and a batch is the same for any number of
-    workers. Those worker seeds come from the loader's own ``torch.Generator``, so that creating
-    an iterator never draws from the training process's global RNG (which would make a resumed
-    run diverge).
+    workers. Those worker seeds come from the loader's own ``torch.Generator``, seeded with
+    ``seed``, so that creating an iterator never draws from the training process's global RNG
+    (which would make a resumed run diverge).
 
     Args:
         dataset: the two-view dataset.
@@ -38,6 +39,7 @@ def two_view_loader(
         workers: worker processes, >= 0 (0 loads in the training process).
         pin_memory: page-locked host batches for asynchronous copies to the GPU.
         prefetch_factor: batches prepared ahead per worker, >= 1 (ignored without workers).
+        seed: seeds the loader's generator, >= 0 (pass the run's seed).
 
     Example:
         >>> loader = two_view_loader(ds, ResumableSampler(ds, 1, 0), batch_size=32, workers=2)
@@ -59,5 +61,5 @@ def two_view_loader(
         drop_last=True,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(seed),
     )

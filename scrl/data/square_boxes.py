@@ -86,8 +86,12 @@ def square_box_loader(
     batch_size: int,
     num_workers: int = 0,
     hflip: bool = False,
+    seed: int = 0,
 ) -> DataLoader:
     """A loader of :class:`SquareBoxes` batches (:func:`collate_square_boxes`), in ``indices`` order.
+
+    Nothing in a batch is random; the loader's own generator, seeded with ``seed``, gives the
+    worker processes their base seed, so a dataset that draws in its workers is seeded too.
 
     Args:
         dataset: items ``(PIL image, boxes [M, 4] source pixels, labels [M])``.
@@ -96,6 +100,7 @@ def square_box_loader(
         batch_size: images per batch, >= 1.
         num_workers: worker processes for decoding and resizing, >= 0.
         hflip: mirror every image and its boxes.
+        seed: seeds the workers' base seed, >= 0.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -109,5 +114,5 @@ def square_box_loader(
         pin_memory=torch.cuda.is_available(),
         # Starting an iterator draws a worker base seed; its own generator keeps that draw off
         # the caller's global RNG (an evaluation inside a training run must not shift its stream).
-        generator=torch.Generator(),
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from ..geometry import ViewGeometry, check_view_size
-from ..runtime.random_streams import mix_seed
+from ..runtime.random_streams import seeded_global_rngs
+from .seeding import SeededDataset
 
 __all__ = ["EncodedTwoViewBatch", "EncodedTwoViewItem", "TwoViewBatch", "TwoViewDataset", "TwoViewItem", "collate_two_views"]
 
@@ -122,12 +121,12 @@ def collate_two_views(items: Sequence[TwoViewItem | EncodedTwoViewItem]) -> TwoV
     )
 
 
-class TwoViewDataset(Dataset):
+class TwoViewDataset(SeededDataset):
     """Applies a two-view transform to the images of a dataset, with randomness fixed per sample.
 
     This is where the library's one randomness rule for worker-side transforms is enforced
     (:mod:`scrl.transforms`): the transform takes no generator and draws from the global RNGs,
-    and for each sample those are seeded from ``(seed, epoch, index)`` (:func:`mix_seed`):
+    and for each sample those are seeded from ``(seed, epoch, index)`` (:func:`~scrl.runtime.random_streams.mix_seed`):
     torch's CPU RNG, Python's ``random`` and NumPy's, the last two for third-party transforms.
     They are restored afterwards, so the caller's streams are left untouched (with
     ``workers=0`` the transform runs in the training process). A sample therefore looks the
@@ -164,14 +163,8 @@ class TwoViewDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, transform: TwoViewFn, seed: int = 0) -> None:
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.dataset = dataset
+        super().__init__(dataset, seed)
         self.transform = transform
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
 
     def _image(self, index: int, encoded: bool) -> tuple[Any, dict[str, str]]:
         load = getattr(self.dataset, "load_encoded" if encoded else "load", None)
@@ -184,22 +177,13 @@ class TwoViewDataset(Dataset):
         return (item[0] if isinstance(item, tuple) else item), {}
 
     def __getitem__(self, key: int | tuple[int, int]) -> TwoViewItem | EncodedTwoViewItem:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index, seed = self.item_seed(key)
         encoded = getattr(self.transform, "reads_encoded", False)
         image, skipped = self._image(index, encoded)
-        seed = mix_seed(self.seed, epoch, index)
-        # Seed every generator a transform might draw from, and restore them afterwards so that
-        # the caller's streams (the training process's, with workers=0) are left untouched.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed the GPUs too
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                made = self.transform(image)
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        # Every generator a transform might draw from, seeded per sample; the caller's streams
+        # (the training process's, with workers=0) are left untouched.
+        with seeded_global_rngs(seed):
+            made = self.transform(image)
         if encoded:
             return EncodedTwoViewItem(*made, skipped)
         view1, view2, geom1, geom2 = made

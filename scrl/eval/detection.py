@@ -6,6 +6,12 @@ as detection inputs (:class:`DetectionData`), the detector on any supported torc
 (:func:`step_lr`) and training loop (:func:`train_detector`), and COCO box AP with pycocotools
 (:func:`coco_box_ap`). pycocotools is optional (``pip install "scrl[detection]"``) and imported
 only when AP is computed.
+
+Randomness comes from a ``seed`` argument alone: flips from a generator seeded per image and
+epoch, the batch order from :class:`~scrl.data.ResumableSampler`'s, and what draws from the
+global streams without taking a generator (initial weights, the detector's sampling of anchors
+and proposals) inside :func:`~scrl.runtime.seeded_global_rngs`. The same seed gives the same
+detector, and the caller's global random streams are left as they were.
 """
 
 from __future__ import annotations
@@ -14,17 +20,17 @@ import time
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 import torchvision
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
-from ..data import hflip_with_boxes
+from ..data import ResumableSampler, SeededDataset, hflip_with_boxes
+from ..runtime.random_streams import mix_seed, seeded_global_rngs
 from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision
 from ..fpn import FPNBackbone
-from ..runtime.distributed import wrap_ddp
+from ..runtime.distributed import get_rank, get_world_size, wrap_ddp
 
 __all__ = [
     "DetectionData", "PYCOCOTOOLS_HINT", "build_detector", "coco_box_ap", "detection_classifier", "detection_collate",
@@ -32,6 +38,9 @@ __all__ = [
 ]
 
 PYCOCOTOOLS_HINT = 'COCO box AP needs pycocotools: pip install "scrl[detection]" (or pycocotools)'
+
+# What each seed derived from a caller's seed is for (mix_seed(seed, stream, ...)).
+_FLIPS, _CLASSIFIER, _HEADS, _TRAINING = 0, 1, 2, 3
 
 
 def load_pycocotools() -> tuple[Any, Any]:
@@ -48,31 +57,34 @@ def load_pycocotools() -> tuple[Any, Any]:
     return COCO, COCOeval
 
 
-class DetectionData(Dataset):
+class DetectionData(SeededDataset):
     """Box dataset items as torchvision detection inputs: ``(image [3, H, W] in [0, 1], target)``.
 
-    With ``hflip`` an image and its boxes are mirrored with probability 0.5 (torch's global RNG,
-    seeded per DataLoader worker). Labels shift by one: torchvision's detectors reserve class 0
-    for the background.
+    With ``hflip`` an image and its boxes are mirrored with probability 0.5, drawn from a
+    generator seeded with ``(seed, epoch, index)``: an item is the same in any worker and any
+    run, and no global random stream is used. Labels shift by one: torchvision's detectors
+    reserve class 0 for the background.
 
     Args:
         dataset: items ``(PIL image, boxes [M, 4] xyxy pixels, labels [M])``
             (:func:`scrl.data.open_box_dataset`).
         hflip: random horizontal flips (training).
+        seed: seeds the flips, >= 0.
+
+    Items are looked up by index, or by the ``(epoch, index)`` keys of
+    :class:`~scrl.data.ResumableSampler` (a plain index is epoch 0).
     """
 
-    def __init__(self, dataset: Dataset, hflip: bool) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, hflip: bool, seed: int = 0) -> None:
+        super().__init__(dataset, seed)
         self.hflip = hflip
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
+        index, seed = self.item_seed(key, _FLIPS)
         image, boxes, labels = self.dataset[index]
         pixels = TF.to_tensor(image)
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and torch.rand((), generator=torch.Generator().manual_seed(seed)) < 0.5:
             pixels, boxes = hflip_with_boxes(pixels, boxes)
         return pixels, {"boxes": boxes, "labels": torch.as_tensor(labels, dtype=torch.int64) + 1}
 
@@ -83,12 +95,13 @@ def detection_collate(items: list) -> tuple[list[Tensor], list[dict[str, Tensor]
 
 
 def detection_classifier(
-    weights: Source | str = "random", arch: str | None = None, *, weights_only: bool = True
+    weights: Source | str = "random", arch: str | None = None, *, weights_only: bool = True, seed: int = 0
 ) -> tuple[nn.Module, str]:
     """The torchvision classifier a detector's trunk is built from, with pretrained trunk weights.
 
     BatchNorm stays trainable (torchvision's detection models default to ``FrozenBatchNorm2d``;
-    the paper fine-tunes with it trained).
+    the paper fine-tunes with it trained). The weights not loaded (all of them for
+    ``"random"``) are initialised from ``seed``, the same on every process.
 
     Args:
         weights: ``"random"``; or an exported torchvision trunk, a training checkpoint (path or
@@ -98,6 +111,7 @@ def detection_classifier(
             default: the one ``weights`` records, else the ResNet its layout implies
             (``resnet50`` for ``"random"``).
         weights_only: load a path with PyTorch's restricted unpickler.
+        seed: seeds the initial weights, >= 0.
 
     Returns:
         ``(model, arch)``: the classifier (its classifier head untrained) and its builder name.
@@ -115,7 +129,8 @@ def detection_classifier(
             raise ValueError(f"arch {arch} given, but {weights if isinstance(weights, str) else 'the source'} holds a {recorded}")
         state = to_torchvision(source, arch=arch or recorded)
         arch = arch or recorded or resnet_arch(state)
-    model = torchvision.models.get_model(arch, weights=None)
+    with seeded_global_rngs(mix_seed(seed, _CLASSIFIER)):  # torchvision initialises from the global stream
+        model = torchvision.models.get_model(arch, weights=None)
     if state is not None:
         model.load_state_dict(state, strict=False)  # to_torchvision checked that only the classifier is missing
     return model, arch
@@ -130,8 +145,11 @@ def build_detector(
     rois_per_image: int = 512,
     proposals: int = 1000,
     score_threshold: float = 0.05,
+    seed: int = 0,
 ) -> FasterRCNN:
     """Faster R-CNN with an FPN (:class:`~scrl.fpn.FPNBackbone`) on a torchvision classifier's stages.
+
+    The FPN, RPN and box heads are initialised from ``seed``, the same on every process.
 
     Args:
         model: a torchvision classifier of a supported family (:func:`detection_classifier`).
@@ -144,6 +162,7 @@ def build_detector(
             (torchvision's and Detectron2's 0.05). AP ranks detections by score, so a lower
             threshold only adds recall; it keeps a briefly trained detector, whose scores are still
             near ``1 / (num_classes + 1)``, from reporting no detection at all.
+        seed: seeds the heads' initial weights, >= 0.
 
     Raises:
         ValueError: a size or count below 1.
@@ -154,16 +173,17 @@ def build_detector(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not 0 <= score_threshold < 1:
         raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold!r}")
-    return FasterRCNN(
-        FPNBackbone(model),
-        num_classes=num_classes + 1,
-        min_size=min_size,
-        max_size=max_size,
-        box_batch_size_per_image=rois_per_image,
-        rpn_post_nms_top_n_train=proposals,
-        rpn_post_nms_top_n_test=proposals,
-        box_score_thresh=score_threshold,
-    )
+    with seeded_global_rngs(mix_seed(seed, _HEADS)):  # torchvision initialises from the global stream
+        return FasterRCNN(
+            FPNBackbone(model),
+            num_classes=num_classes + 1,
+            min_size=min_size,
+            max_size=max_size,
+            box_batch_size_per_image=rois_per_image,
+            rpn_post_nms_top_n_train=proposals,
+            rpn_post_nms_top_n_test=proposals,
+            box_score_thresh=score_threshold,
+        )
 
 
 def step_lr(iteration: int, iters: int, warmup: int) -> float:
@@ -193,7 +213,9 @@ def train_detector(
     SGD with momentum 0.9, linear warm-up, learning rate x0.1 at 2/3 and 8/9 of ``iters``
     (:func:`step_lr`), random horizontal flips. Under a process group (``torchrun``) BatchNorm
     becomes SyncBatchNorm, the model is wrapped in DDP and each process reads its shard. Batch
-    order and flips follow torch's global RNG: seed it (the same on every process) first.
+    order, flips and the detector's own sampling of anchors and proposals follow ``seed``
+    alone (give every process the same): two calls with the same seed and model train the
+    same detector, and the caller's global random streams are left as they were.
 
     Args:
         model: a torchvision detector (:func:`build_detector`), trained in place.
@@ -206,7 +228,7 @@ def train_detector(
         workers: DataLoader workers.
         device: this process's device.
         amp: bfloat16 autocast.
-        seed: seeds the distributed sampler's shuffling.
+        seed: seeds the batch order, the flips and the detector's sampling, >= 0.
         log_every: log the loss every N steps, >= 1.
         log: where the progress lines go (``print``-like).
 
@@ -224,7 +246,7 @@ def train_detector(
     if len(dataset) == 0:
         raise ValueError("the detection training set holds no images")
     device = torch.device(device)
-    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world_size = get_world_size()
     if world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # trunk and FPN
     model.to(device)
@@ -235,40 +257,41 @@ def train_detector(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: step_lr(it, iters, warmup))
-    train_set = DetectionData(dataset, hflip=True)
-    sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if world_size > 1 else None
+    train_set = DetectionData(dataset, hflip=True, seed=seed)
+    rank = get_rank()
+    sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
     loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
-        collate_fn=detection_collate, drop_last=len(train_set) >= global_batch, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
+        train_set, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=detection_collate,
+        drop_last=len(train_set) >= global_batch, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # the workers' base seed: not from the global stream
     )
     log(f"{world_size} process(es) x {batch_size}, lr {lr:.4g}, {iters} iterations, device {device}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     iteration, epoch, start, losses = 0, 0, time.perf_counter(), []
     train_model.train()
-    while iteration < iters:
-        if sampler is not None:
+    with seeded_global_rngs(mix_seed(seed, _TRAINING, rank), device):  # the RPN's and box head's sampling
+        while iteration < iters:
             sampler.set_epoch(epoch)
-        for pixels, targets in loader:
-            pixels = [p.to(device, non_blocking=True) for p in pixels]
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            with autocast:
-                loss_parts = train_model(pixels, targets)
-            loss = sum(loss_parts.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite detection loss at iteration {iteration}: {loss_parts}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            iteration += 1
-            losses.append(float(loss.detach()))
-            if iteration % log_every == 0 or iteration == iters:
-                rate = iteration * global_batch / (time.perf_counter() - start)
-                log(f"iter {iteration}/{iters} loss {losses[-1]:.4f} lr {optimizer.param_groups[0]['lr']:.4g} {rate:.1f} img/s", flush=True)
-            if iteration == iters:
-                break
-        epoch += 1
+            for pixels, targets in loader:
+                pixels = [p.to(device, non_blocking=True) for p in pixels]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                with autocast:
+                    loss_parts = train_model(pixels, targets)
+                loss = sum(loss_parts.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite detection loss at iteration {iteration}: {loss_parts}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                iteration += 1
+                losses.append(float(loss.detach()))
+                if iteration % log_every == 0 or iteration == iters:
+                    rate = iteration * global_batch / (time.perf_counter() - start)
+                    log(f"iter {iteration}/{iters} loss {losses[-1]:.4f} lr {optimizer.param_groups[0]['lr']:.4g} {rate:.1f} img/s", flush=True)
+                if iteration == iters:
+                    break
+            epoch += 1
     return {"model": model, "iters": iteration, "lr": lr, "first_loss": losses[0], "final_loss": losses[-1],
             "train_seconds": time.perf_counter() - start}
 
@@ -295,7 +318,10 @@ def coco_box_ap(model: nn.Module, data: Dataset, device: torch.device | str, bat
     COCO, COCOeval = load_pycocotools()
     images, annotations, detections = [], [], []
     model.eval()
-    loader = DataLoader(DetectionData(data, hflip=False), batch_size=batch_size, num_workers=workers, collate_fn=detection_collate)
+    loader = DataLoader(
+        DetectionData(data, hflip=False), batch_size=batch_size, num_workers=workers, collate_fn=detection_collate,
+        generator=torch.Generator(),  # starting the workers draws a base seed: not from the caller's stream
+    )
     image_id = 0
     for pixels, targets in loader:
         outputs = model([p.to(device) for p in pixels])

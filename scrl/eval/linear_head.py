@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from ..schedule import warmup_cosine
 
@@ -41,8 +42,8 @@ def train_linear_head(
         momentum: SGD momentum in ``[0, 1)``.
         weight_decay: L2 penalty, >= 0.
         warmup_epochs: linear warm-up, in ``[0, epochs]`` (paper: 5).
-        generator: CPU generator driving the initialisation and the batch order; the global
-            RNG when ``None``.
+        generator: CPU generator driving the initialisation and the batch order; ``None``:
+            one seeded with 0. Nothing is drawn from the global RNG.
 
     Returns:
         The trained layer (eval mode, on the features' device), mapping raw ``[*, D]`` to logits.
@@ -82,7 +83,8 @@ def train_linear_head(
     labels = labels.to(device)
 
     n, d = x.shape
-    head = nn.Linear(d, num_classes).to(device)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    head = skip_init(nn.Linear, d, num_classes, device=device)  # nn.Linear's own init would draw from the global RNG
     with torch.no_grad():
         bound = 1.0 / d**0.5
         head.weight.copy_(torch.empty(num_classes, d).uniform_(-bound, bound, generator=generator))

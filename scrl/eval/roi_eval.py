@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -219,17 +219,7 @@ def roi_linear_eval(
 
 
 def roi_probe(
-    trunk: nn.Module,
-    dataset: Dataset,
-    *,
-    image_size: int = 224,
-    test_fraction: float = 0.5,
-    epochs: int = 50,
-    seed: int = 0,
-    batch_size: int = 16,
-    device: torch.device | str | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
+    trunk: nn.Module, dataset: Dataset, *, image_size: int = 224, epochs: int = 50, seed: int = 0, **options: Any
 ) -> dict[str, float]:
     """The online RoI probe: a quick RoI linear + k-NN evaluation to log during pretraining.
 
@@ -238,19 +228,18 @@ def roi_probe(
     The trunk is copied (never modified, mode untouched); call it on one process (rank 0)
     with the unwrapped online trunk, e.g. ``roi_probe(model.trunk, probe_data)`` every N
     epochs, and log the returned numbers. Same split and seeds every call, so the values
-    of one run are comparable over time.
+    of one run are comparable over time. It is :func:`roi_linear_eval` with one linear head,
+    smaller images and fewer epochs.
 
     Args:
         trunk: the online trunk (DDP / compile wrappers are removed).
         dataset: a small box dataset (a few hundred images).
         image_size: square side in pixels.
-        test_fraction: share of images held out.
         epochs: linear-head epochs.
         seed: split and head seed.
-        batch_size: images per forward pass.
-        device: where to run; the trunk's device when ``None``.
-        autocast_dtype: e.g. ``torch.bfloat16``.
-        channels_last: feed channels-last inputs.
+        **options: :func:`roi_linear_eval`'s other keywords under its defaults, e.g.
+            ``test_fraction`` (0.5), ``batch_size`` (16 images per forward pass), ``device``
+            (the trunk's), ``autocast_dtype`` (e.g. ``torch.bfloat16``), ``channels_last``.
 
     Returns:
         ``{"roi_linear_top1", "roi_knn_top1", "roi_chance", "roi_majority", "roi_train_boxes",
@@ -262,19 +251,7 @@ def roi_probe(
         >>> metrics["roi_linear_top1"]                # doctest: +SKIP
         23.8
     """
-    result = roi_linear_eval(
-        trunk,
-        dataset,
-        test_fraction=test_fraction,
-        split_seed=seed,
-        image_size=image_size,
-        batch_size=batch_size,
-        device=device,
-        autocast_dtype=autocast_dtype,
-        channels_last=channels_last,
-        epochs=epochs,
-        seeds=(seed,),
-    )
+    result = roi_linear_eval(trunk, dataset, image_size=image_size, epochs=epochs, split_seed=seed, seeds=(seed,), **options)
     return {
         "roi_linear_top1": result.linear_top1,
         "roi_knn_top1": result.knn_top1,

@@ -1,4 +1,4 @@
-"""Files and processes: crash-safe checkpoints with the RNG state a bit-exact resume needs, one
+"""Files and processes: crash-safe checkpoint and weight files with the RNG state a bit-exact resume needs, one
 process at a time in a folder, and the process group ``torchrun`` starts (with the DDP wrapping
 and unwrapping of models).
 
@@ -7,11 +7,12 @@ layer (export and evaluation as much as the training run) may use it.
 """
 
 from .checkpoint import (
-    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomically,
+    LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, strip_wrapper_prefixes,
+    write_atomically,
 )
-from .distributed import DistInfo, all_gather_object, cleanup, get_world_size, init_distributed, unwrap_module, wrap_ddp
+from .distributed import DistInfo, all_gather_object, cleanup, get_rank, get_world_size, init_distributed, unwrap_module, wrap_ddp
 from .folder_lock import FolderLock, FolderLockedError
-from .random_streams import RandomStreams
+from .random_streams import RandomStreams, seeded_global_rngs
 
 __all__ = [
     "all_gather_object",
@@ -20,6 +21,7 @@ __all__ = [
     "DistInfo",
     "FolderLock",
     "FolderLockedError",
+    "get_rank",
     "get_world_size",
     "init_distributed",
     "LAST_CHECKPOINT",
@@ -27,6 +29,8 @@ __all__ = [
     "load_checkpoint",
     "RandomStreams",
     "save_checkpoint",
+    "seeded_global_rngs",
+    "strip_wrapper_prefixes",
     "unwrap_module",
     "wrap_ddp",
     "write_atomically",

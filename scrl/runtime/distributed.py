@@ -18,6 +18,7 @@ from torch import nn
 __all__ = [
     "DistInfo",
     "init_distributed",
+    "get_rank",
     "get_world_size",
     "all_gather_object",
     "wrap_ddp",
@@ -80,9 +81,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def get_world_size() -> int:
-    """Number of processes, 1 without a process group."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def get_world_size(group: dist.ProcessGroup | None = None) -> int:
+    """Number of processes in ``group`` (``None``: all of them), 1 without a process group."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank() -> int:
+    """This process's rank, 0 without a process group."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -7,7 +7,9 @@ A run draws from nothing global. Its streams are derived from the run's seed by
   so a sample's views do not depend on the worker that makes them or on the number of workers;
 * each process's device steps (box sampling, batched augmentation, whatever a
   ``training_step`` adds): ``RandomStreams(seed, rank=rank)["name"]``, saved in the checkpoint;
-* evaluation: generators seeded from its own ``seed`` argument.
+* evaluation: generators seeded from its own ``seed`` argument, and for code that takes no
+  generator (torchvision's detection heads, module initialisation) the global streams inside
+  :func:`seeded_global_rngs`, which hands the caller's back afterwards.
 
 ``torch.compile`` takes these generators too: a random draw on one becomes a graph break,
 so the draw runs eagerly and the graphs around it stay compiled.
@@ -15,13 +17,15 @@ so the draw runs eagerly and the graphs around it stay compiled.
 
 from __future__ import annotations
 
+import random
 import zlib
+from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["RandomStreams"]
+__all__ = ["RandomStreams", "seeded_global_rngs"]
 
 _PROCESS_STREAMS = 0x52414E4B  # "RANK": keeps the per-process streams apart from the per-sample seeds
 
@@ -40,6 +44,41 @@ def mix_seed(*keys: int) -> int:
         raise ValueError(f"keys must be one or more integers >= 0, got {keys}")
     state = np.random.SeedSequence([len(keys), *keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+@contextmanager
+def seeded_global_rngs(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run a block on the global random streams seeded with ``seed``; restore the caller's afterwards.
+
+    Seeds torch's CPU generator, Python's ``random`` and NumPy's (``seed % 2**32``), and for a
+    CUDA ``device`` that device's generator too; on exit, also after an exception, all of them
+    are back where the caller left them. A block that draws from them therefore gives the same
+    result for the same seed, wherever it runs, and consumes nothing of the caller's streams.
+
+    Args:
+        seed: an integer in ``[0, 2**64)``, e.g. from :func:`mix_seed`.
+        device: the device whose generator the block draws from besides the CPU's; ``None`` or
+            a CPU device: the CPU only. Other GPUs are neither seeded nor restored.
+
+    Example:
+        >>> with seeded_global_rngs(mix_seed(seed, 1)):
+        ...     head = torch.nn.Linear(8, 2)  # the same initial weights for the same seed
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gpus = [device] if device.type == "cuda" else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=gpus):
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed every GPU
+        for gpu in gpus:
+            with torch.cuda.device(gpu):
+                torch.cuda.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class RandomStreams(Mapping[str, torch.Generator]):

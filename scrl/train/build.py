@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 from torch.optim import Optimizer
@@ -13,12 +13,12 @@ from ..data import ImageFolderDataset, ResumableSampler, SyntheticScenes, TwoVie
 from ..lars import LARS, lars_param_groups
 from ..models import BYOL, SCRL
 from ..transforms import TwoViewCrops, TwoViewTransform
+from ..runtime.checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, PretrainConfig
 
-__all__ = ["OptimizerFactory", "build_dataset", "build_loader", "build_model", "build_optimizer", "build_transform", "lars", "weights_digest"]
+__all__ = ["OptimizerFactory", "build_dataset", "build_loader", "build_model", "build_optimizer", "build_transform", "lars", "load_initial_weights", "weights_digest"]
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], Optimizer]
-_ROI_ALIGNED = {"exact": None, "aligned": True, "unaligned": False}
 BATCH_OF_ONE = (
     "batch_size=1 per process without SyncBatchNorm (it needs several GPUs): BatchNorm normalises each view over a batch "
     "of one image and the heads' BatchNorm over the two views of that image, statistics too poor to train on; raise batch_size"
@@ -61,7 +61,8 @@ def build_loader(config: PretrainConfig, images: Dataset, world_size: int, rank:
             f"{len(dataset)} images give no full batch of batch_size={config.batch_size} per process on "
             f"{world_size} process(es): lower batch_size={config.batch_size} or add images"
         )
-    return dataset, sampler, two_view_loader(dataset, sampler, config.batch_size, config.workers, pin_memory=pin_memory)
+    return dataset, sampler, two_view_loader(dataset, sampler, config.batch_size, config.workers, pin_memory=pin_memory,
+                                             seed=config.seed)
 
 
 def build_model(config: PretrainConfig) -> SCRL | BYOL:
@@ -71,7 +72,7 @@ def build_model(config: PretrainConfig) -> SCRL | BYOL:
     heads = dict(projector_hidden=config.projector_hidden, projection_dim=config.projection_dim, tau_base=config.tau_base)
     if config.method == "scrl":
         return SCRL(config.arch, num_boxes=config.num_boxes, min_size=config.min_box_size,
-                    roi_aligned=_ROI_ALIGNED[config.roi_pooling], **heads)
+                    roi_pooling=config.roi_pooling, **heads)
     return BYOL(config.arch, **heads)
 
 
@@ -92,6 +93,28 @@ def build_optimizer(model: nn.Module, factory: OptimizerFactory, *, lr: float, w
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
     return optimizer
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Start ``model`` from the weights of a run's checkpoint (online and target alike); nothing else of that run carries over.
+
+    Raises:
+        CheckpointError: ``path`` is no training checkpoint (a backbone export, say).
+        ConfigError: its model is another one; the message names the keys that differ.
+    """
+    weights = load_checkpoint(path).get("model")
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(f"init_from={path!r} is not a training checkpoint of scrl.train: it holds no 'model' weights")
+    mine = model.state_dict()
+    missing, unexpected = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
+    reshaped = sorted(k for k in set(mine) & set(weights) if mine[k].shape != weights[k].shape)
+    if missing or unexpected or reshaped:
+        raise ConfigError(
+            f"init_from={path!r} holds another model than this run's: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(reshaped)} of another shape {reshaped[:3]}; start from "
+            "a checkpoint of the same method, arch and head widths"
+        )
+    model.load_state_dict(weights)
 
 
 def lars(param_groups: list[dict[str, Any]]) -> LARS:

@@ -22,6 +22,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
+from ..roi_pool import RoIPooling
 from ..runtime import write_atomically
 from ..trunk import check_trunk_name
 
@@ -200,7 +201,6 @@ def _setting(default: Any, group: str, help: str, **declared: Any) -> Any:
 
 
 Method = Literal["scrl", "byol"]
-RoIPooling = Literal["exact", "aligned", "unaligned"]
 Amp = Literal["bf16", "fp16", "off"]
 Device = Literal["auto", "cuda", "cpu"]
 

@@ -18,12 +18,12 @@ from ..runtime.checkpoint import LAST_CHECKPOINT, save_checkpoint
 from ..runtime.distributed import all_gather_object, cleanup, init_distributed, wrap_ddp
 from ..runtime.random_streams import RandomStreams
 from ..schedule import warmup_cosine
-from .build import BATCH_OF_ONE, OptimizerFactory, build_dataset, build_loader, build_model, build_optimizer, lars, weights_digest
+from .build import BATCH_OF_ONE, OptimizerFactory, build_dataset, build_loader, build_model, build_optimizer, lars, load_initial_weights, weights_digest
 from .callbacks import (BoxFillWatch, Callback, Checkpointing, ConsoleProgress, MetricsLog, NonFiniteGuard, RoIProbe,
                         StopOnSignal)
 from .config import PretrainConfig
 from .device_views import DeviceViews
-from .output_dir import claim_output_dir, lock_output_dir
+from .output_dir import CONFIG_FILE, claim_output_dir, lock_output_dir
 from .preflight import check_boxes_fit, cpu_defaults_notice, setting_warnings
 from .run_record import data_name, run_record
 from .state import TrainState
@@ -128,6 +128,8 @@ class Pretrainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif c.batch_size == 1:
             self.warn(BATCH_OF_ONE)
+        if c.init_from is not None:
+            load_initial_weights(model, c.init_from)
         memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         optimizer = build_optimizer(self.model, self._optimizer or lars, lr=self.lr, weight_decay=c.weight_decay)
@@ -234,8 +236,8 @@ class Pretrainer:
                 self.saved_at, s = self.state.step, self.state
                 self.log(f"resumed from {source}: step {s.step}, epoch {s.epoch}, batch {s.batch_in_epoch} of the epoch")
             self.metrics = MetricsLogger(self.config.output_dir, enabled=self.main_process)
-            if self.main_process and hasattr(self.config, "to_yaml"):
-                self.config.to_yaml(os.path.join(self.config.output_dir, "config.yaml"))
+            if self.main_process:
+                self.config.to_yaml(os.path.join(self.config.output_dir, CONFIG_FILE))
             self._call("on_train_start")
             self._train()
             summary = self._summary()

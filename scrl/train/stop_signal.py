@@ -10,6 +10,8 @@ from types import FrameType, TracebackType
 import torch
 import torch.distributed as dist
 
+from ..runtime.distributed import get_world_size
+
 __all__ = ["StopSignal"]
 
 _logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if get_world_size() > 1:
             # A host-side group: the flag never touches the GPU stream.
             self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         return self

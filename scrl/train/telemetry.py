@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..runtime.distributed import get_world_size
+
 __all__ = ["METRICS_FILE", "MetricsLogger", "DeviceMeans", "IntervalMeter", "NonFiniteWatch"]
 
 _logger = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ _logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 def _multi_process() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return get_world_size() > 1
 
 
 class DeviceMeans:
@@ -61,7 +63,7 @@ class DeviceMeans:
         if all_ranks and _multi_process():
             total = total.clone()
             dist.all_reduce(total)
-            count *= dist.get_world_size()
+            count *= get_world_size()
         means = dict(zip(self._keys, (total / count).tolist()))
         self._keys, self._sum, self.count = None, None, 0
         return means
