@@ -78,4 +78,5 @@ def test_import_scrl_loads_the_method_and_no_engine_export_or_evaluation() -> No
     assert done.returncode == 0, done.stderr
     loaded = eval(done.stdout)
     assert {"models", "lars", "schedule", "transforms"} <= set(loaded)
-    assert not {"train", "eval", "export", "runtime", "viz"} & set(loaded), loaded
+    # scrl.runtime, the bottom layer, comes in with the data's per-sample seeds; nothing above the views does.
+    assert not {"train", "eval", "export", "viz"} & set(loaded), loaded

@@ -674,3 +674,32 @@ def test_decode_on_device_runs_compiled_and_resumes_exactly(tmp_path, monkeypatc
         torch._dynamo.reset()
     assert reference["step"] == 2 and resumed["weights_sha256"] == reference["weights_sha256"]
     assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "reference") if "loss" in r)
+
+
+def test_init_from_starts_a_new_longer_run_from_a_finished_runs_weights(tmp_path):
+    """Continuing a finished run with a longer schedule: a new run (fresh optimiser, schedule and step) from its weights."""
+    run(tmp_path / "short")
+    finished = checkpoint(tmp_path / "short")
+    seen = {}
+
+    class Start(Callback):
+        def on_train_start(self, trainer):
+            seen["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            seen["step"], seen["total"] = trainer.state.step, trainer.total_steps
+
+    source = str(tmp_path / "short" / "checkpoint_last.pth")
+    Pretrainer(PretrainConfig(**{**TINY, "output_dir": str(tmp_path / "long"), "epochs": 4, "init_from": source}),
+               callbacks=[Start()]).run()
+    assert seen["step"] == 0 and seen["total"] == 8
+    assert all(torch.equal(seen["weights"][k], v) for k, v in finished["model"].items())
+    assert checkpoint(tmp_path / "long")["run"]["identity"]["init_from"] == source
+
+
+def test_init_from_another_model_names_the_keys_that_differ(tmp_path):
+    run(tmp_path / "byol", method="byol", max_steps=1)
+    source = str(tmp_path / "byol" / "checkpoint_last.pth")
+    with pytest.raises(ValueError, match=r"init_from=.* holds another model than this run's: 21 reshaped keys \(e.g. \['predictor"):
+        run(tmp_path / "scrl", init_from=source, projector_hidden=64)
+    torch.save({"conv1.weight": torch.ones(1)}, tmp_path / "backbone.pth")
+    with pytest.raises(ValueError, match="is not a training checkpoint of scrl.train"):
+        run(tmp_path / "scrl", init_from=str(tmp_path / "backbone.pth"))

@@ -12,7 +12,6 @@ from .loader import two_view_loader
 from .open_boxes import HELD_OUT_SEED, open_box_dataset
 from .rgb import to_rgb
 from .sampler import ResumableSampler
-from .seeding import SeededDataset
 from .square_boxes import SquareBoxes, collate_square_boxes, square_box_loader
 from .synthetic import SyntheticScenes
 from .two_view import (
@@ -47,7 +46,6 @@ __all__ = [
     "ResumableSampler",
     "square_box_loader",
     "SquareBoxes",
-    "SeededDataset",
     "SyntheticScenes",
     "two_view_loader",
     "to_rgb",

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
-from ..data import ResumableSampler, SeededDataset, hflip_with_boxes
+from ..data import ResumableSampler, hflip_with_boxes
+from ..data.seeding import SeededDataset
 from ..runtime.random_streams import mix_seed, seeded_global_rngs
 from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision
 from ..fpn import FPNBackbone

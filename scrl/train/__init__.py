@@ -3,8 +3,7 @@ continues (:class:`TrainState`), the hooks into a run (:class:`Callback` and the
 optimiser and schedules of a run."""
 
 from ..lars import LARS, lars_param_groups
-from ..runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..runtime.random_streams import RandomStreams
+from ..runtime.checkpoint import CheckpointError
 from ..schedule import cosine_tau, warmup_cosine
 from .build import build_dataset, build_model, build_transform, lars
 from .callbacks import BoxFillWatch, Callback, Checkpointing, ConsoleProgress, MetricsLog, NonFiniteGuard, RoIProbe, StopOnSignal
@@ -28,16 +27,13 @@ __all__ = [
     "LARS",
     "lars",
     "lars_param_groups",
-    "load_checkpoint",
     "MetricsLog",
     "NonFiniteGuard",
     "PRESETS",
     "PretrainConfig",
     "Pretrainer",
-    "RandomStreams",
     "RoIProbe",
     "RunWarning",
-    "save_checkpoint",
     "StopOnSignal",
     "TrainState",
     "warmup_cosine",

@@ -108,11 +108,12 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     mine = model.state_dict()
     missing, unexpected = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
     reshaped = sorted(k for k in set(mine) & set(weights) if mine[k].shape != weights[k].shape)
-    if missing or unexpected or reshaped:
+    differences = [f"{len(keys)} {what} keys (e.g. {keys[:3]})" for what, keys in
+                   (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped)) if keys]
+    if differences:
         raise ConfigError(
-            f"init_from={path!r} holds another model than this run's: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(reshaped)} of another shape {reshaped[:3]}; start from "
-            "a checkpoint of the same method, arch and head widths"
+            f"init_from={path!r} holds another model than this run's: {', '.join(differences)}; start from a checkpoint "
+            "of the same method, arch and head widths"
         )
     model.load_state_dict(weights)
 

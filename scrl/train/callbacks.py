@@ -274,7 +274,7 @@ class ConsoleProgress(Callback):
     def on_train_end(self, trainer: "Pretrainer", summary: Mapping[str, Any]) -> None:
         if summary["stopped_by"]:
             trainer.log(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint {trainer.checkpoint_path}; "
-                        "resume with resume='auto'")
+                        "the same run started again continues from it")
         else:
             trainer.log(f"finished at step {summary['step']}; checkpoint {trainer.checkpoint_path}; backbone "
                         f"{os.path.join(trainer.config.output_dir, BACKBONE_FILE)}")
