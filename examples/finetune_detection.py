@@ -25,8 +25,8 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from scrl.data import open_box_dataset, read_class_names, require_boxes_in
-from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
+from scrl.data import open_box_dataset, require_boxes_in
+from scrl.data.open_boxes import add_reading_arguments, reading_options
 from scrl.eval import build_detector, coco_box_ap, detection_classifier, split_by_image, train_detector
 from scrl.eval.detection import load_pycocotools
 from scrl.runtime import cleanup, init_distributed, save_checkpoint
@@ -40,17 +40,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     add("--arch", choices=supported_archs(), default=None, metavar="ARCH",
         help="torchvision builder name of the trunk, for 'random' (default resnet50) and for exported weights of "
              "another family than ResNet (a training checkpoint records its own)")
-    add("--data", required=True, help="training boxes: COCO .json, YOLO folder or synthetic[:N]")
-    add("--format", choices=["coco", "yolo", "synthetic"], default=None)
-    add("--image-dir", default=None, help="COCO image folder of --data")
+    add_reading_arguments(p)
     add("--val-data", default=None, help="validation boxes (default: hold out --val-fraction of --data's images)")
     add("--val-image-dir", default=None)
     add("--val-fraction", type=float, default=0.2)
-    add("--names", default=None, metavar="FILE",
-        help="YOLO class names, one per line (.txt) or a data.yaml (default: data.yaml / classes.yaml / classes.txt beside images/)")
-    add("--num-classes", type=int, default=None, metavar="N", help="YOLO class count, when there are no names")
-    add("--max-consecutive-unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE_UNREADABLE, metavar="N",
-        help=f"stop when N images in a row cannot be decoded; fewer are skipped and reported (default: {DEFAULT_MAX_CONSECUTIVE_UNREADABLE})")
     add("--iters", type=int, default=90000, help="optimiser steps (1x schedule: 90000 at batch 16)")
     add("--batch-size", type=int, default=2, help="images per process")
     add("--lr", type=float, default=None, help="peak learning rate (default 0.02 x global batch / 16)")
@@ -81,8 +74,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 
 def open_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, Dataset]:
     """``(--data, training images, validation images)``; refuses a side without boxes that would be used."""
-    reading = dict(format=args.format, class_names=read_class_names(args.names) if args.names else None,
-                   num_classes=args.num_classes, max_consecutive_unreadable=args.max_consecutive_unreadable)
+    reading = reading_options(args)
     data = open_box_dataset(args.data, image_dir=args.image_dir, split=args.val_data is None, **reading)
     if args.val_data is not None:
         return data, data, open_box_dataset(args.val_data, image_dir=args.val_image_dir, **reading)

@@ -22,8 +22,8 @@ import json
 
 import torch
 
-from scrl.data import BoxDataError, open_box_dataset, read_class_names
-from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
+from scrl.data import BoxDataError, open_box_dataset
+from scrl.data.open_boxes import add_reading_arguments, reading_options
 from scrl.eval import adapted_trunk, cross_view_retrieval, roi_linear_eval, split_by_image
 from scrl.export import load_source, resnet_arch, source_arch, to_timm, to_torchvision
 from scrl.trunk import TIMM_PREFIX, Trunk, check_trunk_name, create_trunk
@@ -66,17 +66,10 @@ def parser() -> argparse.ArgumentParser:
     add("--arch", default=None, metavar="ARCH",
         help="trunk name (scrl.trunk.list_trunks(), timm:NAME) for 'random', a torchvision one for 'torchvision-supervised' "
              "or a plain state dict (default resnet50; a training checkpoint records its own)")
-    add("--data", required=True, help="COCO .json, YOLO folder (images/ + labels/) or synthetic[:N]")
-    add("--format", choices=["coco", "yolo", "synthetic"], default=None, help="dataset format (default: guessed)")
-    add("--image-dir", default=None, help="COCO image folder (default: guessed from the COCO layout)")
+    add_reading_arguments(p)
     add("--test-data", default=None, help="held-out dataset (default: split --data by image)")
     add("--test-image-dir", default=None)
     add("--test-fraction", type=float, default=0.5, help="share of images held out when splitting --data")
-    add("--names", default=None, metavar="FILE",
-        help="YOLO class names, one per line (.txt) or a data.yaml (default: data.yaml / classes.yaml / classes.txt beside images/)")
-    add("--num-classes", type=int, default=None, metavar="N", help="YOLO class count, when there are no names")
-    add("--max-consecutive-unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE_UNREADABLE, metavar="N",
-        help=f"stop when N images in a row cannot be decoded; fewer are skipped and reported (default: {DEFAULT_MAX_CONSECUTIVE_UNREADABLE})")
     add("--image-size", type=int, default=800, help="square side images are resized to (paper: 800)")
     add("--stages", default=None, help="comma-separated trunk stages to concatenate, e.g. layer3,layer4 (default: C5)")
     add("--hflip", action="store_true", help="add mirrored training images (the paper trains with flips)")
@@ -107,8 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     try:  # a checkpoint or a dataset that cannot be used: named, exit 2
         trunk, arch = build_trunk(args.checkpoint, args.arch, weights_only=not args.unsafe_load)
-        reading = dict(format=args.format, class_names=read_class_names(args.names) if args.names else None,
-                       num_classes=args.num_classes, max_consecutive_unreadable=args.max_consecutive_unreadable)
+        reading = reading_options(args)
         data = open_box_dataset(args.data, image_dir=args.image_dir, split=args.test_data is None, **reading)
         test_data = None
         if args.test_data is not None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
@@ -12,9 +13,9 @@ from .box_checks import BoxDataError
 from .coco import CocoBoxes
 from .image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from .synthetic import SyntheticScenes
-from .yolo import YoloBoxes
+from .yolo import YoloBoxes, read_class_names
 
-__all__ = ["HELD_OUT_SEED", "open_box_dataset"]
+__all__ = ["HELD_OUT_SEED", "add_reading_arguments", "open_box_dataset", "reading_options"]
 
 # Seed of the synthetic evaluation scenes: far from the small seeds pretraining runs use, so
 # evaluation scenes are never training scenes.
@@ -114,3 +115,29 @@ def open_box_dataset(
             f"{text} has {len(dataset)} usable image{unreadable}: a split into training and held-out images needs at least 2"
         )
     return dataset
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a script's box dataset: ``--data``, ``--image-dir`` and how it is read (``--format``, ``--names``,
+    ``--num-classes``, ``--max-consecutive-unreadable``, which :func:`reading_options` turns into
+    :func:`open_box_dataset`'s options)."""
+    add = parser.add_argument
+    add("--data", required=True, help="boxes: COCO .json, YOLO folder (images/ + labels/) or synthetic[:N]")
+    add("--image-dir", default=None, help="COCO image folder of --data (default: guessed from the COCO layout)")
+    add("--format", choices=["coco", "yolo", "synthetic"], default=None, help="dataset format (default: guessed)")
+    add("--names", default=None, metavar="FILE",
+        help="YOLO class names, one per line (.txt) or a data.yaml (default: data.yaml / classes.yaml / classes.txt beside images/)")
+    add("--num-classes", type=int, default=None, metavar="N", help="YOLO class count, when there are no names")
+    add("--max-consecutive-unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE_UNREADABLE, metavar="N",
+        help=f"stop when N images in a row cannot be decoded; fewer are skipped and reported (default: {DEFAULT_MAX_CONSECUTIVE_UNREADABLE})")
+
+
+def reading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`open_box_dataset`'s reading options from the flags of :func:`add_reading_arguments`.
+
+    Raises:
+        BoxDataError: ``--names`` is not a readable list of class names.
+    """
+    return dict(format=args.format, class_names=read_class_names(args.names) if args.names else None,
+                num_classes=args.num_classes, max_consecutive_unreadable=args.max_consecutive_unreadable)
+

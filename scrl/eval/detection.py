@@ -176,14 +176,9 @@ def build_detector(
         raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold!r}")
     with seeded_global_rngs(mix_seed(seed, _HEADS)):  # torchvision initialises from the global stream
         return FasterRCNN(
-            FPNBackbone(model),
-            num_classes=num_classes + 1,
-            min_size=min_size,
-            max_size=max_size,
-            box_batch_size_per_image=rois_per_image,
-            rpn_post_nms_top_n_train=proposals,
-            rpn_post_nms_top_n_test=proposals,
-            box_score_thresh=score_threshold,
+            FPNBackbone(model), num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
+            box_batch_size_per_image=rois_per_image, box_score_thresh=score_threshold,
+            rpn_post_nms_top_n_train=proposals, rpn_post_nms_top_n_test=proposals,
         )
 
 
