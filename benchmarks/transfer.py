@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import io
 import json
@@ -59,7 +58,7 @@ from scrl.eval import build_detector, coco_box_ap, detection_classifier, roi_mea
 from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval.detection import load_pycocotools
 from scrl.runtime import FolderLock, FolderLockedError
-from scrl.train import PretrainConfig, Pretrainer
+from scrl.train import PretrainConfig, Pretrainer, build_model
 from scrl.trunk import Trunk, supported_archs
 from scrl.viz import headless_pyplot, save_figure
 
@@ -204,9 +203,10 @@ def pretrained_trunks(b: Budget, images: Dataset, seed: int, runs: Path, record:
             pretrainer = pretrain(method, b, images, seed, runs / method, quiet, restore)
         except ValueError as err:  # settings the run refuses (a batch larger than the photos, ...)
             refuse(str(err))
+        initial = build_model(pretrainer.config.resolve(on_gpu=torch.cuda.is_available())[0]).trunk
         if "random" not in trunks:  # the initialisation both methods start from
-            trunks["random"] = copy.deepcopy(pretrainer.model.trunk)
-        elif not same_weights(trunks["random"], pretrainer.model.trunk):
+            trunks["random"] = initial
+        elif not same_weights(trunks["random"], initial):
             raise RuntimeError(f"{method} starts from other trunk weights than scrl: the comparison would be unfair")
         if restore and method not in wanted:
             continue  # every row of this method is measured: its trunk is not needed

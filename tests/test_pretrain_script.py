@@ -176,7 +176,7 @@ def test_two_processes_with_gloo_keep_identical_weights_and_resume(tmp_path):
     digests = {line.split()[1].rstrip(":"): line.split()[-1] for line in first.stdout.splitlines() if "weights sha256" in line}
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], first.stdout
     ckpt = _checkpoint(tmp_path)
-    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["step"] == 1
+    assert ckpt["world_size"] == 2 and len(ckpt["streams"]) == 2 and ckpt["step"] == 1
     start = _metrics(tmp_path)[0]
     assert start["world_size"] == 2 and start["lr"] == pytest.approx(0.45 * 4 / 256)
 
@@ -217,7 +217,7 @@ def test_two_processes_decode_on_the_device_with_identical_weights_and_resume(tm
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], second.stdout
     ckpt = _checkpoint(tmp_path / "run")
     assert ckpt["step"] == 3 and ckpt["args"]["decode_on_device"] is True
-    assert all(set(state["generators"]) == {"boxes", "augment"} for state in ckpt["rng"])  # one device stream per rank
+    assert all(set(state["generators"]) == {"boxes", "augment"} for state in ckpt["streams"])  # one device stream per rank
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -14,6 +14,7 @@ from ..lars import LARS, lars_param_groups
 from ..models import BYOL, SCRL
 from ..transforms import TwoViewCrops, TwoViewTransform
 from ..runtime.checkpoint import CheckpointError, load_checkpoint
+from ..runtime.random_streams import seeded_global_rngs
 from .config import ConfigError, PretrainConfig
 
 __all__ = ["OptimizerFactory", "build_dataset", "build_loader", "build_model", "build_optimizer", "build_transform", "lars", "load_initial_weights", "weights_digest"]
@@ -66,14 +67,19 @@ def build_loader(config: PretrainConfig, images: Dataset, world_size: int, rank:
 
 
 def build_model(config: PretrainConfig) -> SCRL | BYOL:
-    """``SCRL`` or ``BYOL`` with the trunk, heads, boxes and pooling rule of ``config`` (random init)."""
+    """``SCRL`` or ``BYOL`` with the trunk, heads, boxes and pooling rule of ``config``, initialised from ``config.seed``.
+
+    The same config gives the same initial weights in every process (a run's ranks start
+    alike); the caller's global random streams are left as they were.
+    """
     if config.arch is None or config.tau_base is None:
         raise ValueError("build_model needs a resolved config (PretrainConfig.resolve): arch and tau_base are unset")
     heads = dict(projector_hidden=config.projector_hidden, projection_dim=config.projection_dim, tau_base=config.tau_base)
-    if config.method == "scrl":
-        return SCRL(config.arch, num_boxes=config.num_boxes, min_size=config.min_box_size,
-                    roi_pooling=config.roi_pooling, **heads)
-    return BYOL(config.arch, **heads)
+    with seeded_global_rngs(config.seed):  # torch.nn initialises from the global stream
+        if config.method == "scrl":
+            return SCRL(config.arch, num_boxes=config.num_boxes, min_size=config.min_box_size,
+                        roi_pooling=config.roi_pooling, **heads)
+        return BYOL(config.arch, **heads)
 
 
 def build_optimizer(model: nn.Module, factory: OptimizerFactory, *, lr: float, weight_decay: float) -> Optimizer:

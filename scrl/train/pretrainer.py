@@ -117,12 +117,7 @@ class Pretrainer:
         self.last_step = min(self.total_steps, c.max_steps or self.total_steps)
 
         self.model_from_config = self._model is None
-        if self._model is None:
-            with torch.random.fork_rng(devices=[]):  # identical initial weights on every rank; the caller's RNG untouched
-                torch.manual_seed(c.seed)
-                model = build_model(c)
-        else:
-            model = self._model
+        model = build_model(c) if self._model is None else self._model
         sync_bn = self.world_size > 1 and on_gpu  # SyncBatchNorm needs a GPU: on CPU each process uses its own statistics
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
