@@ -32,7 +32,7 @@ class StopSignal:
     Example:
         >>> with StopSignal() as stop:
         ...     for step in range(total_steps):
-        ...         train_step()
+        ...         training_step()
         ...         if stop.agreed():
         ...             save_checkpoint(...)
         ...             break
