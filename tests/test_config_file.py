@@ -6,7 +6,6 @@ docs/pretraining.md, between its markers.
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import runpy
