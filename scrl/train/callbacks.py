@@ -204,7 +204,8 @@ class BoxFillWatch(Callback):
 
     def on_step_end(self, trainer: "Pretrainer", step: int, logs: Mapping[str, Tensor]) -> None:
         sampler = getattr(trainer.model, "sampler", None)
-        if trainer.progress is None or self._shares is None or not isinstance(sampler, BoxPairSampler):
+        if (trainer.progress is None or "valid_box_share" not in trainer.progress or self._shares is None
+                or not isinstance(sampler, BoxPairSampler)):
             return
         self._shares.append(trainer.progress["valid_box_share"])
         if step >= min(self.over_steps, trainer.last_step):
