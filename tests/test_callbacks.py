@@ -171,3 +171,17 @@ def test_a_pretrainer_takes_only_callbacks_and_an_optimizer_factory():
         Pretrainer(PretrainConfig(), callbacks=[print])
     with pytest.raises(TypeError, match="optimizer must be a callable"):
         Pretrainer(PretrainConfig(), optimizer=torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1))
+
+
+def test_a_failing_teardown_still_gives_the_output_folder_back(tmp_path):
+    from scrl.train import Pretrainer
+
+    class Broken(Callback):
+        def teardown(self, trainer):
+            raise RuntimeError("teardown failed")
+
+    settings = dict(device="cpu", arch="resnet18", image_size=64, batch_size=4, synthetic_images=8, projector_hidden=32,
+                    projection_dim=16, epochs=1, workers=0, max_steps=1, output_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="teardown failed"):
+        Pretrainer(PretrainConfig(**settings), callbacks=[Broken()]).run()
+    assert Pretrainer(PretrainConfig(**settings)).run()["step"] == 1  # not refused: the lock was released

@@ -239,12 +239,14 @@ class Pretrainer:
             self._call("on_train_end", summary)
             return summary
         finally:
-            self._call("teardown")
-            self.metrics.close()
-            if lock is not None:
-                lock.release()
-            if owns_process_group:
-                cleanup()
+            try:
+                self._call("teardown")
+            finally:  # a callback failing on the way out must not keep the folder locked
+                self.metrics.close()
+                if lock is not None:
+                    lock.release()
+                if owns_process_group:
+                    cleanup()
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
