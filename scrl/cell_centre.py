@@ -35,10 +35,14 @@ _MAX_TO_AVG = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPoo
 # channel by a function of the whole map: they move no cell, but on the positive probe their
 # products of global means overflow, so the probe leaves them out.
 _CHANNEL_GATE_NAMES = ("SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule", "EcaModule", "CecaModule")
+# Self-attention over a map (the PSA and area-attention blocks of YOLO11/YOLO12) mixes every cell
+# into every other and keeps each cell where it is: on the constant probe it would spread one
+# cell's gradient over the whole image, so the probe leaves it out too.
+_SELF_ATTENTION_NAMES = ("Attention", "AAttn")
 
 
 def _is_channel_gate(module: nn.Module) -> bool:
-    return type(module).__name__ in _CHANNEL_GATE_NAMES
+    return type(module).__name__ in _CHANNEL_GATE_NAMES + _SELF_ATTENTION_NAMES
 
 
 def _linearise_children(module: nn.Module) -> None:
@@ -60,8 +64,8 @@ def linearised_copy(module: nn.Module) -> nn.Module:
     """A float32 CPU copy of ``module`` made linear and positive, for locating its cells.
 
     Convolutions and linear layers get constant positive weights (``1 / fan_in``) and zero
-    biases; activations, normalisation layers and squeeze-and-excitation gates become
-    identities; max-pools become average
+    biases; activations, normalisation layers, squeeze-and-excitation gates and self-attention
+    blocks (``Attention``, ``AAttn``) become identities; max-pools become average
     pools over the same windows; forward hooks are dropped. What is left is translation-equivariant
     with symmetric, positive kernels, so the gradient of one output cell is a bump centred where
     the cell looks. Activations applied functionally inside ``forward`` (not as modules) are left

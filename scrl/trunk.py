@@ -6,8 +6,9 @@ input, so that a box is pooled where the trunk really looks (:mod:`scrl.cell_cen
 
 Trunks are found by name in one registry: :func:`register_trunk` adds a name,
 :func:`create_trunk` builds it and :func:`list_trunks` lists the names. torchvision's CNN
-families (:data:`FAMILIES`) are registered under their builder names, and timm's CNNs under the
-namespace ``"timm:"`` (:data:`TIMM_PREFIX`).
+families (:data:`FAMILIES`) are registered under their builder names, timm's CNNs under the
+namespace ``"timm:"`` (:data:`TIMM_PREFIX`) and the backbones of Ultralytics' YOLO detectors under
+``"ultralytics:"`` (:mod:`scrl.yolo_trunk`).
 """
 
 from __future__ import annotations
@@ -478,6 +479,14 @@ def _register_builtin_trunks() -> None:
     for name in supported_archs():
         register_trunk(name, functools.partial(torchvision_trunk, name))
     register_trunk(TIMM_PREFIX, timm_trunk)  # timm is imported only when such a trunk is built
+    register_trunk("ultralytics:", _ultralytics_trunk)
+
+
+def _ultralytics_trunk(name: str, **kwargs: Any) -> Trunk:
+    """:func:`scrl.yolo_trunk.ultralytics_trunk`, whose module (and Ultralytics) load only when such a trunk is built."""
+    from .yolo_trunk import ultralytics_trunk
+
+    return ultralytics_trunk(name, **kwargs)
 
 
 _register_builtin_trunks()

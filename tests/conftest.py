@@ -1,8 +1,14 @@
 import logging
+import os
 import sys
+import tempfile
 
 import pytest
 import torch
+
+# Ultralytics writes its settings file where YOLO_CONFIG_DIR points when it is first imported:
+# a folder of the test session's, not the home directory of whoever runs the tests.
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="scrl-tests-ultralytics-"))
 
 
 @pytest.fixture(autouse=True)

@@ -129,7 +129,8 @@ def test_a_registered_trunk_trains_through_the_config(tmp_path):
     summary = Pretrainer(config).run()
     assert summary["step"] == 2
     assert source_arch(tmp_path / "checkpoint_last.pth") == "my-cnn"  # the run's identity names the trunk
-    backbone = torch.load(tmp_path / "backbone_torchvision.pth", weights_only=True)
+    assert not (tmp_path / "backbone_torchvision.pth").exists()  # named for what it holds: no torchvision weights
+    backbone = torch.load(tmp_path / "backbone.pth", weights_only=True)
     trunk = create_trunk("my-cnn")
     trunk.load_backbone_state_dict(backbone)  # the trained weights, in the registered trunk's layout
     assert not torch.equal(trunk.body[0].weight, create_trunk("my-cnn").body[0].weight)

@@ -20,7 +20,7 @@ from ..box_sampler import BoxPairSampler
 from ..data import open_box_dataset
 from ..eval import roi_probe
 from ..runtime.checkpoint import save_checkpoint
-from .output_dir import BACKBONE_FILE
+from .output_dir import backbone_file
 from .preflight import LOW_VALID_SHARE
 from .stop_signal import StopSignal
 from .telemetry import NonFiniteWatch
@@ -125,8 +125,9 @@ class StopOnSignal(Callback):
 class Checkpointing(Callback):
     """Save at every epoch end, every ``every`` steps (0: never in between) and at the end; export the backbone when done.
 
-    The backbone (``backbone_torchvision.pth``: the online trunk under the key names of the model
-    it comes from) is written only when the run trained to its end, not after a stop.
+    The backbone (the online trunk under the key names of the model it comes from, in the file
+    :func:`~scrl.train.output_dir.backbone_file` names: ``backbone_torchvision.pth`` for a
+    torchvision trunk) is written only when the run trained to its end, not after a stop.
     """
 
     def __init__(self, every: int = 0) -> None:
@@ -143,7 +144,7 @@ class Checkpointing(Callback):
             trainer.save()
         if summary["stopped_by"] is None and trainer.main_process:
             weights = {k: v.contiguous() for k, v in trainer.model.backbone_state_dict().items()}
-            save_checkpoint(weights, os.path.join(trainer.config.output_dir, BACKBONE_FILE))
+            save_checkpoint(weights, os.path.join(trainer.config.output_dir, backbone_file(trainer.config.arch)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(every={self.every})"
@@ -278,4 +279,4 @@ class ConsoleProgress(Callback):
                         "the same run started again continues from it")
         else:
             trainer.log(f"finished at step {summary['step']}; checkpoint {trainer.checkpoint_path}; backbone "
-                        f"{os.path.join(trainer.config.output_dir, BACKBONE_FILE)}")
+                        f"{os.path.join(trainer.config.output_dir, backbone_file(trainer.config.arch))}")

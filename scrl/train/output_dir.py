@@ -13,19 +13,37 @@ import torch
 from ..runtime.checkpoint import LAST_CHECKPOINT, CheckpointError, latest_checkpoint, load_checkpoint
 from ..runtime.distributed import all_gather_object
 from ..runtime.folder_lock import FolderLock, FolderLockedError
+from ..trunk import supported_archs
 from .config import ConfigError, PretrainConfig
 from .run_record import check_resumable
 from .telemetry import METRICS_FILE
 
-__all__ = ["BACKBONE_FILE", "CONFIG_FILE", "METRICS_FILE", "RECORD_FILES", "RUN_FILES", "claim_output_dir", "lock_output_dir",
-           "move_run_aside", "run_files"]
+__all__ = ["BACKBONE_FILES", "CONFIG_FILE", "METRICS_FILE", "RECORD_FILES", "RUN_FILES", "claim_output_dir", "lock_output_dir",
+           "backbone_file", "move_run_aside", "run_files"]
 
 _logger = logging.getLogger(__name__)
 
-BACKBONE_FILE = "backbone_torchvision.pth"
+# The online trunk at the end of a run, named for the layout its keys follow.
+BACKBONE_FILES = {"torchvision": "backbone_torchvision.pth", "timm": "backbone_timm.pth",
+                  "ultralytics": "backbone_ultralytics.pth", "registered": "backbone.pth"}
 CONFIG_FILE = "config.yaml"
 RECORD_FILES = (METRICS_FILE, "tensorboard", CONFIG_FILE)  # what a run has written before its first checkpoint
-RUN_FILES = (LAST_CHECKPOINT, METRICS_FILE, BACKBONE_FILE, "tensorboard", CONFIG_FILE)
+RUN_FILES = (LAST_CHECKPOINT, METRICS_FILE, *BACKBONE_FILES.values(), "tensorboard", CONFIG_FILE)
+
+
+def backbone_file(arch: str) -> str:
+    """The name of a run's backbone file for trunk ``arch``: its weights under the key names of the model it comes from.
+
+    ``backbone_torchvision.pth`` for torchvision's classifiers, ``backbone_timm.pth`` for
+    ``"timm:NAME"``, ``backbone_ultralytics.pth`` for ``"ultralytics:NAME.yaml"``, and
+    ``backbone.pth`` for other registered trunks (their own ``backbone_state_dict()`` layout).
+    """
+    if arch in supported_archs():
+        return BACKBONE_FILES["torchvision"]
+    for layout in ("timm", "ultralytics"):
+        if arch.startswith(layout + ":"):
+            return BACKBONE_FILES[layout]
+    return BACKBONE_FILES["registered"]
 
 
 def run_files(output_dir: str | os.PathLike) -> list[str]:
