@@ -23,6 +23,7 @@ from __future__ import annotations
 from .detectron2_format import detectron2_config, detectron2_key, save_detectron2, to_detectron2
 from .source import Source, load_source, resnet_arch, source_arch, trunk_weights
 from .torchvision_format import save_torchvision, to_timm, to_torchvision
+from .ultralytics_format import to_ultralytics
 
 # Source (the type of what an export reads) and detectron2_key are importable here, not public.
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "to_detectron2",
     "to_timm",
     "to_torchvision",
+    "to_ultralytics",
     "trunk_weights",
 ]
