@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from torch import Tensor
+import torchvision
+from torch import Tensor, nn
 
-from ..runtime.checkpoint import save_checkpoint
+from ..runtime.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 from ..trunk import TIMM_PREFIX, supported_archs, torchvision_trunk
 from .source import Source, load_source, resnet_arch, source_arch, trunk_weights
+from .verify import check_loaded, check_same_features
 
 def to_torchvision(source: Source, *, arch: str | None = None, weights_only: bool = True) -> dict[str, Tensor]:
     """Trunk weights that load into ``torchvision.models.get_model(arch)`` with only the classifier missing.
@@ -95,7 +97,81 @@ def to_timm(source: Source, *, arch: str | None = None, weights_only: bool = Tru
 def save_torchvision(
     source: Source, path: str | os.PathLike, *, arch: str | None = None, weights_only: bool = True
 ) -> Path:
-    """Write :func:`to_torchvision` of ``source`` to ``path`` (:func:`scrl.runtime.save_checkpoint`); returns the path."""
+    """Write :func:`to_torchvision` of ``source`` to ``path`` and verify the file.
+
+    A path ending in ``.safetensors`` is written with safetensors (which must be installed),
+    any other with :func:`scrl.runtime.save_checkpoint`; both atomically. The file is then read
+    back into ``torchvision.models.get_model(arch)``: every key but the classifier's must load,
+    and its features must equal the trunk's on a probe batch (:mod:`scrl.export.verify`).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: the weights do not fit, or the written file does not give them back.
+    """
     path = Path(path)
-    save_checkpoint(to_torchvision(source, arch=arch, weights_only=weights_only), path)
+    source = load_source(source, weights_only=weights_only)
+    state = to_torchvision(source, arch=arch)
+    arch = arch or source_arch(source) or resnet_arch(state)
+    _write_weights(state, path)
+    reference = torchvision_trunk(arch).body
+    reference.load_state_dict(state)
+    classifier = torchvision.models.get_model(arch, weights=None)
+    _check_file(f"torchvision.models.{arch}", classifier, path, state, reference.eval(), torchvision_trunk(classifier).body)
     return path
+
+
+def save_timm(source: Source, path: str | os.PathLike, *, arch: str | None = None, weights_only: bool = True) -> Path:
+    """Write :func:`to_timm` of ``source`` to ``path`` (``.safetensors`` or a checkpoint) and verify the file.
+
+    The file is read back into ``timm.create_model(NAME)``: every key but the classifier's must
+    load, and ``forward_features`` must equal the trunk's map on a probe batch.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: timm is missing, the weights do not fit, or the written file does not give them back.
+    """
+    import timm  # to_timm has checked that it is installed
+
+    path = Path(path)
+    source = load_source(source, weights_only=weights_only)
+    state = to_timm(source, arch=arch)
+    name = (arch or source_arch(source)).removeprefix(TIMM_PREFIX)
+    _write_weights(state, path)
+    reference, classifier = timm.create_model(name, pretrained=False), timm.create_model(name, pretrained=False)
+    reference.load_state_dict(state, strict=False)
+    _check_file(f"timm's {name}", classifier, path, state, reference.eval().forward_features, classifier.forward_features)
+    return path
+
+
+def _write_weights(state: Mapping[str, Tensor], path: Path) -> None:
+    if path.suffix != ".safetensors":
+        save_checkpoint(dict(state), path)
+        return
+    try:
+        from safetensors.torch import save
+    except ImportError as err:
+        raise ValueError('a .safetensors file needs safetensors: pip install safetensors') from err
+    data = save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt", "written_by": "scrl"})
+    write_atomically(path, lambda f: f.write(data))
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return load_checkpoint(path)
+
+
+def _check_file(target: str, model: nn.Module, path: Path, state: Mapping[str, Tensor],
+                expected: Callable[[Tensor], Tensor], features: Callable[[Tensor], Tensor]) -> None:
+    """Load the file at ``path`` into ``model`` (only the keys outside ``state``, its classifier, may stay unloaded) and
+    compare ``features`` (the loaded model's map) with ``expected`` (the trunk's)."""
+    missing, unexpected = model.load_state_dict(_read_weights(path), strict=False)
+    check_loaded(target, missing, unexpected, allowed_missing=set(model.state_dict()) - set(state))
+    model.eval()
+    check_same_features(target, expected, features)
