@@ -1,4 +1,7 @@
-"""Carry pretrained trunk weights into torchvision and Detectron2.
+"""Carry pretrained trunk weights into the model a user fine-tunes: torchvision, timm, Ultralytics YOLO, Detectron2 and more.
+
+One module per target (``*_format.py``); every writer reads its file back into the target model
+where that library is installed and compares features with the trunk (:mod:`scrl.export.verify`).
 
 Sources accepted everywhere (``source`` below):
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from .detectron2_format import detectron2_config, detectron2_key, save_detectron2, to_detectron2
 from .source import Source, load_source, resnet_arch, source_arch, trunk_weights
-from .torchvision_format import save_torchvision, to_timm, to_torchvision
+from .torchvision_format import save_timm, save_torchvision, to_timm, to_torchvision
 from .ultralytics_format import to_ultralytics
 
 # Source (the type of what an export reads) and detectron2_key are importable here, not public.
@@ -31,6 +34,7 @@ __all__ = [
     "load_source",
     "resnet_arch",
     "save_detectron2",
+    "save_timm",
     "save_torchvision",
     "source_arch",
     "to_detectron2",
