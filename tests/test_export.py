@@ -207,3 +207,40 @@ def test_exported_files_are_written_atomically_and_load_weights_only(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pkl", "r18.pth", "r18.yaml"]  # no temporary file left
     assert torch.load(out, weights_only=True).keys() == to_torchvision(_randomised("resnet18")).keys()
     assert config.read_text(encoding="utf-8").startswith("# Detectron2 config keys for a resnet18")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_torchvision_export_reads_its_file_back_into_torchvision(tmp_path: Path, suffix: str) -> None:
+    if suffix == ".safetensors":
+        safetensors = pytest.importorskip("safetensors.torch")
+    out = save_torchvision(_randomised("resnet18"), tmp_path / f"r18{suffix}")
+    state = safetensors.load_file(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in _randomised("resnet18").state_dict().items() if not k.startswith("fc."))
+
+
+def test_an_export_whose_file_loses_a_tensor_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
+    import scrl.export.torchvision_format as torchvision_format
+
+    write = torchvision_format._write_weights
+
+    def lossy(state, path):  # a writer that drops one tensor: the file no longer holds the whole trunk
+        write({k: v for k, v in state.items() if k != "layer3.1.bn2.running_var"}, path)
+
+    monkeypatch.setattr(torchvision_format, "_write_weights", lossy)
+    with pytest.raises(ValueError, match=r"does not load fully into torchvision\.models\.resnet18: missing 1 \(layer3\.1\.bn2\.running_var\)"):
+        save_torchvision(_randomised("resnet18"), tmp_path / "r18.pth")
+
+
+def test_a_timm_export_is_verified_in_timm_and_writes_safetensors(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from scrl import BYOL
+    from scrl.export import save_timm
+
+    model = BYOL("timm:resnet18", projector_hidden=16, projection_dim=8)
+    out = save_timm(model, tmp_path / "r18.safetensors")
+    classifier = timm.create_model("resnet18", pretrained=False)
+    missing, unexpected = classifier.load_state_dict(load_file(out), strict=False)
+    assert unexpected == [] and set(missing) == {"fc.weight", "fc.bias"}
