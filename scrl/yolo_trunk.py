@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from .transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 from .trunk import Trunk, evaluating
 
 __all__ = ["ULTRALYTICS_PREFIX", "import_ultralytics", "ultralytics_backbone_layers", "ultralytics_trunk"]
@@ -75,16 +76,28 @@ class _YoloBackbone(nn.Module):
     """The first layers of an Ultralytics model, run as Ultralytics runs them (a layer may read earlier outputs).
 
     The layers sit in ``self.model`` under their indices, so the state dict keys are the
-    detector's own (``model.0.conv.weight`` ...).
+    detector's own (``model.0.conv.weight`` ...). With ``imagenet_input`` the module takes images
+    normalised with ImageNet's mean and std, as every scrl trunk does, and hands the layers the
+    pixels in ``[0, 1]`` that Ultralytics feeds its detectors: the pretrained layers see what
+    they will see when fine-tuned.
     """
 
-    def __init__(self, layers: list[nn.Module]) -> None:
+    def __init__(self, layers: list[nn.Module], imagenet_input: bool = True) -> None:
         super().__init__()
         self.model = nn.Sequential(*layers)
         self._sequential = all(layer.f == -1 for layer in layers)
+        self.imagenet_input = imagenet_input
+        # Not persistent: the state dict stays the detector's own.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.imagenet_input:
+            x = torch.addcmul(self.mean.to(x.dtype), x, self.std.to(x.dtype))
         return self.model(x) if self._sequential else _layer_outputs(self.model, x)[-1]
+
+    def extra_repr(self) -> str:
+        return f"imagenet_input={self.imagenet_input}"
 
 
 def _layer_outputs(layers: Iterable[nn.Module], x: Tensor) -> list[Tensor]:
@@ -133,7 +146,8 @@ def ultralytics_trunk(name: str, **kwargs: Any) -> Trunk:
 
     Returns:
         :class:`~scrl.trunk.Trunk` whose ``backbone_state_dict()`` keys are the detector's own
-        (``model.0.conv.weight`` ...).
+        (``model.0.conv.weight`` ...). It takes views normalised with ImageNet's mean and std, as
+        every trunk here, and gives its layers the pixels in ``[0, 1]`` Ultralytics gives them.
 
     Raises:
         ValueError: ultralytics is not installed, the YAML is unknown or builds no detector, or
