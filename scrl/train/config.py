@@ -235,7 +235,7 @@ class PretrainConfig:
         part=_ID, model=True)
     arch: str | None = _setting(
         None, "model", "the trunk: a torchvision CNN by its builder name (resnet50, resnext50_32x4d, regnet_y_800mf, "
-        "convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...), timm:NAME, or a name given to "
+        "convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...), timm:NAME, ultralytics:NAME.yaml (a YOLO backbone), or a name given to "
         "scrl.trunk.register_trunk", check=_trunk_name, part=_ID, model=True, see="see [trunks.md](trunks.md)")
     preset: str | None = _setting(
         None, "optimisation", "the paper's hyper-parameters (--epochs, --base-lr, --weight-decay, --tau-base); "
