@@ -5,6 +5,12 @@ One GPU:   python examples/finetune_detection.py --weights scrl_r50.pth --data a
                --val-data annotations/instances_val2017.json --iters 90000 --batch-size 16
 8 GPUs:    torchrun --nproc_per_node=8 examples/finetune_detection.py ... --batch-size 2   (per process)
 YOLO data: python examples/finetune_detection.py --weights scrl_r50.pth --data ../shared/data/coco128-train
+Any trunk: python examples/finetune_detection.py --weights runs/cnx/checkpoint_last.pth --data ...   (timm:convnext_nano)
+           python examples/finetune_detection.py --weights random --arch ultralytics:yolo11n.yaml --data ...
+
+The trunk is any registered one (scrl.trunk.list_trunks(), 'timm:NAME', 'ultralytics:NAME.yaml',
+your own): a training checkpoint records its name, --arch gives it otherwise. The FPN is built on
+the trunk's stages at strides 4 to 32 (scrl.fpn.FPNBackbone).
 
 As in the paper (Sec. 4.2), all layers are trained and BatchNorm is trained too: SyncBatchNorm
 across processes in the trunk and the FPN (plain BatchNorm in one process). The schedule is
@@ -27,19 +33,29 @@ from torch.utils.data import Dataset, Subset
 
 from scrl.data import open_box_dataset, require_boxes_in
 from scrl.data.open_boxes import add_reading_arguments, reading_options
-from scrl.eval import build_detector, coco_box_ap, detection_classifier, split_by_image, train_detector
+from scrl.eval import build_detector, coco_box_ap, detection_trunk, split_by_image, train_detector
 from scrl.eval.detection import load_pycocotools
 from scrl.runtime import cleanup, init_distributed, save_checkpoint
-from scrl.trunk import supported_archs
+from scrl.trunk import check_trunk_name
+
+
+def trunk_name(name: str) -> str:
+    """``--arch``: a name scrl.trunk.create_trunk builds, checked without building it."""
+    try:
+        check_trunk_name(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return name
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--weights", required=True, help="exported torchvision trunk, training checkpoint, or 'random'")
-    add("--arch", choices=supported_archs(), default=None, metavar="ARCH",
-        help="torchvision builder name of the trunk, for 'random' (default resnet50) and for exported weights of "
-             "another family than ResNet (a training checkpoint records its own)")
+    add("--weights", required=True, help="training checkpoint, exported torchvision trunk, or 'random'")
+    add("--arch", type=trunk_name, default=None, metavar="ARCH",
+        help="registered trunk name (resnet50, convnext_tiny, timm:convnext_nano, ultralytics:yolo11n.yaml, ...), for "
+             "'random' (default resnet50) and for exported weights of another family than ResNet (a training "
+             "checkpoint records its own)")
     add_reading_arguments(p)
     add("--val-data", default=None, help="validation boxes (default: hold out --val-fraction of --data's images)")
     add("--val-image-dir", default=None)
@@ -103,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
                 warnings.simplefilter("ignore")  # every process reads the same data: rank 0 reports it
             data, train_data, val_data = open_data(args)
         # One seed for every rank: identical initial weights (and batch order and flips in training).
-        classifier, arch = detection_classifier(args.weights, args.arch, weights_only=not args.unsafe_load, seed=args.seed)
-        model = build_detector(classifier, data.num_classes, min_size=args.min_size, max_size=args.max_size,
+        trunk, arch = detection_trunk(args.weights, args.arch, weights_only=not args.unsafe_load, seed=args.seed)
+        model = build_detector(trunk, data.num_classes, min_size=args.min_size, max_size=args.max_size,
                                rois_per_image=args.rois_per_image, proposals=args.proposals, seed=args.seed)
     except ValueError as err:
         p.error(str(err))

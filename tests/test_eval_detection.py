@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from torch import nn
+
 from scrl.data import SyntheticScenes
-from scrl.eval import build_detector, detection_classifier, roi_measures, split_by_image, train_detector
+from scrl.eval import build_detector, detection_classifier, detection_trunk, roi_measures, split_by_image, train_detector
 from scrl.eval.detection import DetectionData, load_pycocotools, step_lr
-from scrl.trunk import torchvision_trunk
+from scrl.fpn import FPNBackbone, pyramid_stages
+from scrl.trunk import Trunk, create_trunk, register_trunk, torchvision_trunk
 
 
 def test_step_lr_warms_up_then_drops_tenfold_at_two_thirds_and_eight_ninths() -> None:
@@ -110,3 +113,118 @@ def test_detection_fine_tuning_follows_its_seed_alone_and_leaves_the_global_rng_
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     other, _ = fine_tune(1)
     assert other["first_loss"] != first["first_loss"]
+
+
+@register_trunk("test-detection-stride16", replace=True)
+def _stride16_trunk() -> Trunk:
+    """A registered trunk of one's own that reaches stride 16 only, its stride-4 stage a BatchNorm."""
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 2, stride=2), nn.ReLU(inplace=True),
+        nn.Sequential(nn.Conv2d(16, 24, 2, stride=2), nn.ReLU()),
+    )
+    return Trunk(body, stride=16, channels=24)
+
+
+@pytest.mark.parametrize("arch, stages", [
+    ("resnet18", [("layer1", 64, 4), ("layer2", 128, 8), ("layer3", 256, 16), ("layer4", 512, 32)]),
+    ("timm:resnet18", [("model.layer1", 64, 4), ("model.layer2", 128, 8), ("model.layer3", 256, 16),
+                       ("model.layer4", 512, 32)]),
+    ("timm:convnext_nano", [("model.stages.0", 80, 4), ("model.stages.1", 160, 8), ("model.stages.2", 320, 16),
+                            ("model.stages", 640, 32)]),
+    ("test-detection-stride16", [("1", 8, 4), ("2", 16, 8), ("4", 24, 16)]),  # the in-place ReLU ends no stage
+])
+def test_the_pyramid_takes_the_stages_at_strides_4_to_32_of_any_trunk(arch: str, stages: list) -> None:
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    trunk = create_trunk(arch)
+    backbone = FPNBackbone(trunk)
+    assert backbone.stages == stages and backbone.body is trunk.body
+    features = backbone(torch.randn(2, 3, 64, 64))
+    assert [tuple(f.shape[-3:]) for f in features.values()] == [(256, 64 // s, 64 // s) for *_, s in stages] + [
+        (256, 64 // stages[-1][2] // 2, 64 // stages[-1][2] // 2)]
+    hooked = {name for name, m in trunk.body.named_modules() if m._forward_hooks}
+    assert hooked == {name for name, _, _ in stages}
+    assert all(len(trunk.body.get_submodule(name)._forward_hooks) == 1 for name in hooked)
+    trunk(torch.randn(1, 3, 64, 64))  # the trunk on its own: the hooks keep nothing
+    assert backbone._captures == []
+
+
+def test_a_replaced_stage_module_is_hooked_again_and_the_pyramid_compiles_as_one_graph() -> None:
+    backbone = FPNBackbone("test-detection-stride16").eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = backbone(x)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)  # replaces the stride-4 stage, a BatchNorm
+    assert all(torch.equal(a, b) for a, b in zip(expected.values(), synced(x).values()))
+    assert len(synced.body[1]._forward_hooks) == 1 and isinstance(synced.body[1], nn.SyncBatchNorm)
+    compiled = torch.compile(backbone, backend="aot_eager", fullgraph=True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected.values(), compiled(x).values()))
+    with pytest.raises(ValueError, match="reaches none of the strides"):
+        FPNBackbone(Trunk(nn.Conv2d(3, 8, 64, stride=64), stride=64, channels=8))
+
+
+def test_detection_trunk_of_a_torchvision_name_gives_the_detector_detection_classifier_gives() -> None:
+    classifier, _ = detection_classifier("random", "resnet18", seed=3)
+    trunk, arch = detection_trunk("random", "resnet18", seed=3)
+    assert arch == "resnet18" and isinstance(trunk, Trunk)
+    options = dict(min_size=64, max_size=64, rois_per_image=8, proposals=16, seed=3)
+    a, b = build_detector(classifier, 3, **options).state_dict(), build_detector(trunk, 3, **options).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="'timm:resnet18' is no torchvision classifier"):
+        detection_classifier("random", "timm:resnet18")
+    with pytest.raises(ValueError, match="'nope' is not a supported trunk"):
+        detection_trunk("random", "nope")
+
+
+def _fine_tunes_with(trunk: Trunk, pretrained: Trunk) -> None:
+    """The detector on ``trunk`` holds ``pretrained``'s weights (copied), trains with a finite loss and detects."""
+    expected = pretrained.body.state_dict()
+    assert trunk.body.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in trunk.body.state_dict().items())
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(trunk.parameters(), pretrained.parameters()))
+    data = SyntheticScenes(2, image_size=64, seed=1)
+    detector = build_detector(trunk, data.num_classes, min_size=64, max_size=64, rois_per_image=8, proposals=16,
+                              score_threshold=0.0)
+    held = detector.backbone.body.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in held.items())
+    trained = train_detector(detector, data, iters=2, batch_size=2, workers=0, log=lambda *a, **k: None)
+    assert np.isfinite(trained["first_loss"]) and np.isfinite(trained["final_loss"])
+    detector.eval()
+    with torch.no_grad():
+        (out,) = detector([DetectionData(data, hflip=False)[0][0]])
+    assert out["boxes"].shape[1] == 4 and out["labels"].numel() > 0
+
+
+def test_a_timm_trunk_fine_tunes_from_a_trunk_and_from_a_checkpoint() -> None:
+    pytest.importorskip("timm")
+    torch.manual_seed(5)
+    pretrained = create_trunk("timm:resnet18")
+    trunk, arch = detection_trunk(pretrained)
+    assert arch == "timm:resnet18"
+    _fine_tunes_with(trunk, pretrained)
+    checkpoint = {"model": {f"trunk.body.{k}": v for k, v in pretrained.body.state_dict().items()},
+                  "run": {"identity": {"arch": "timm:resnet18"}}}
+    trunk, arch = detection_trunk(checkpoint)
+    assert arch == "timm:resnet18"
+    assert all(torch.equal(v, pretrained.body.state_dict()[k]) for k, v in trunk.body.state_dict().items())
+    with pytest.raises(ValueError, match="resnet18 given, but the source holds a timm:resnet18"):
+        detection_trunk(checkpoint, "resnet18")
+    checkpoint["run"]["identity"]["arch"] = "resnet18"  # timm's keys in a torchvision trunk's checkpoint
+    with pytest.raises(ValueError, match="the trunk weights do not fit resnet18"):
+        detection_trunk(checkpoint)
+
+
+def test_a_yolo_trunk_fine_tunes_from_a_trunk_and_from_a_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path))
+    pytest.importorskip("ultralytics")
+    torch.manual_seed(6)
+    pretrained = create_trunk("ultralytics:yolo11n.yaml")
+    assert [stride for *_, stride in pyramid_stages(pretrained.body)] == [4, 8, 16, 32]
+    trunk, arch = detection_trunk(pretrained)
+    assert arch == "ultralytics:yolo11n.yaml"
+    _fine_tunes_with(trunk, pretrained)
+    checkpoint = {"model": {f"trunk.body.{k}": v for k, v in pretrained.body.state_dict().items()},
+                  "run": {"identity": {"arch": arch}}}
+    trunk, _ = detection_trunk(checkpoint)
+    assert all(torch.equal(v, pretrained.body.state_dict()[k]) for k, v in trunk.body.state_dict().items())

@@ -10,7 +10,7 @@ when AP is computed). The square-resized box images they read are :class:`scrl.d
 """
 
 from .bn_adaptation import adapted_trunk
-from .detection import build_detector, coco_box_ap, detection_classifier, train_detector
+from .detection import build_detector, coco_box_ap, detection_classifier, detection_trunk, train_detector
 from .frozen import frozen_copy
 from .knn import knn_predict
 from .linear_head import top1_accuracy, train_linear_head
@@ -30,6 +30,7 @@ __all__ = [
     "coco_box_ap",
     "cross_view_retrieval",
     "detection_classifier",
+    "detection_trunk",
     "extract_roi_features",
     "forward_images",
     "frozen_copy",

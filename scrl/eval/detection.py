@@ -1,8 +1,9 @@
 """Detection transfer: Faster R-CNN with an FPN on a pretrained trunk, fine-tuned and scored by COCO box AP.
 
 The pieces of the paper's detection protocol (Sec. 4.2) for torchvision's detectors: box datasets
-as detection inputs (:class:`DetectionData`), the detector on any supported torchvision trunk
-(:func:`detection_classifier`, :func:`build_detector`), Detectron2's step schedule
+as detection inputs (:class:`DetectionData`), the detector on any registered trunk, torchvision's,
+timm's, a YOLO backbone or your own (:func:`detection_trunk`, :func:`build_detector`; a
+torchvision classifier from :func:`detection_classifier` too), Detectron2's step schedule
 (:func:`step_lr`) and training loop (:func:`train_detector`), and COCO box AP with pycocotools
 (:func:`coco_box_ap`). pycocotools is optional (``pip install "scrl[detection]"``) and imported
 only when AP is computed.
@@ -29,13 +30,14 @@ from torchvision.models.detection import FasterRCNN
 from ..data import ResumableSampler, hflip_with_boxes
 from ..data.seeding import SeededDataset
 from ..runtime.random_streams import mix_seed, seeded_global_rngs
-from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision
+from ..export import Source, load_source, resnet_arch, source_arch, to_torchvision, trunk_weights
 from ..fpn import FPNBackbone
 from ..runtime.distributed import get_rank, get_world_size, wrap_ddp
+from ..trunk import Trunk, check_trunk_name, create_trunk, supported_archs
 
 __all__ = [
     "DetectionData", "PYCOCOTOOLS_HINT", "build_detector", "coco_box_ap", "detection_classifier", "detection_collate",
-    "load_pycocotools", "step_lr", "train_detector",
+    "detection_trunk", "load_pycocotools", "step_lr", "train_detector",
 ]
 
 PYCOCOTOOLS_HINT = 'COCO box AP needs pycocotools: pip install "scrl[detection]" (or pycocotools)'
@@ -118,18 +120,19 @@ def detection_classifier(
         ``(model, arch)``: the classifier (its classifier head untrained) and its builder name.
 
     Raises:
-        ValueError: ``arch`` disagrees with the name ``weights`` records, or the weights do not fit.
+        ValueError: ``arch`` disagrees with the name ``weights`` records, is no torchvision name
+            (:func:`detection_trunk` builds the others), or the weights do not fit.
     """
     state = None
-    if isinstance(weights, str) and weights == "random":
+    if _is_random(weights):
         arch = arch or "resnet50"
+        if arch not in supported_archs():
+            raise ValueError(f"{arch!r} is no torchvision classifier (scrl.trunk.supported_archs()); "
+                             "detection_trunk builds any trunk")
     else:
-        source = load_source(weights, weights_only=weights_only)
-        recorded = source_arch(source)
-        if arch is not None and recorded is not None and arch != recorded:
-            raise ValueError(f"arch {arch} given, but {weights if isinstance(weights, str) else 'the source'} holds a {recorded}")
-        state = to_torchvision(source, arch=arch or recorded)
-        arch = arch or recorded or resnet_arch(state)
+        source, arch = _source_and_arch(weights, arch, weights_only)
+        state = to_torchvision(source, arch=arch)  # refuses a name that is no torchvision classifier
+        arch = arch or resnet_arch(state)
     with seeded_global_rngs(mix_seed(seed, _CLASSIFIER)):  # torchvision initialises from the global stream
         model = torchvision.models.get_model(arch, weights=None)
     if state is not None:
@@ -137,8 +140,90 @@ def detection_classifier(
     return model, arch
 
 
+def detection_trunk(
+    weights: Source | str = "random", arch: str | None = None, *, weights_only: bool = True, seed: int = 0
+) -> tuple[Trunk, str]:
+    """The trunk of a detector, of any registered trunk name, with pretrained weights.
+
+    The trunk is :func:`scrl.trunk.create_trunk` of its name, its weights initialised from
+    ``seed`` (the same on every process, and for a torchvision name the same as
+    :func:`detection_classifier`'s), then the pretrained ones loaded strictly. BatchNorm stays
+    trainable. :func:`build_detector` puts the detector on it.
+
+    Args:
+        weights: ``"random"``; or a training checkpoint (path or dict; it records its trunk's
+            name), an SCRL/BYOL model or a :class:`~scrl.trunk.Trunk` (anything
+            :func:`scrl.export.trunk_weights` reads), or an exported torchvision trunk.
+        arch: a registered trunk name (``"resnet50"``, ``"timm:convnext_nano"``,
+            ``"ultralytics:yolo11n.yaml"``, your own); default: the one ``weights`` records,
+            else the torchvision ResNet its layout implies (``resnet50`` for ``"random"``).
+        weights_only: load a path with PyTorch's restricted unpickler.
+        seed: seeds the initial weights, >= 0.
+
+    Returns:
+        ``(trunk, arch)``: the trunk and its registered name.
+
+    Raises:
+        ValueError: ``arch`` is not registered or disagrees with the name ``weights`` records, no
+            name is known for weights of another layout than a torchvision ResNet's, or the
+            weights do not fit the trunk (the message names the keys).
+
+    Example:
+        >>> trunk, arch = detection_trunk("runs/convnext/checkpoint_last.pth")  # doctest: +SKIP
+        >>> detector = build_detector(trunk, num_classes=80)                    # doctest: +SKIP
+    """
+    state = None
+    if _is_random(weights):
+        arch = arch or "resnet50"
+    else:
+        source, arch = _source_and_arch(weights, arch, weights_only)
+        state = trunk_weights(source)
+        arch = arch or _resnet_arch(state)
+    check_trunk_name(arch)
+    with seeded_global_rngs(mix_seed(seed, _CLASSIFIER)):  # the trunks initialise from the global stream
+        trunk = create_trunk(arch)
+    if state is not None:
+        _load_trunk_weights(trunk, state)
+    return trunk, arch
+
+
+def _is_random(weights: Source | str) -> bool:
+    return isinstance(weights, str) and weights == "random"
+
+
+def _source_and_arch(weights: Source, arch: str | None, weights_only: bool) -> tuple[Source, str | None]:
+    """``weights`` read once, and ``arch`` or else the name it records; refuses the two disagreeing."""
+    source = load_source(weights, weights_only=weights_only)
+    recorded = source_arch(source)
+    if arch is not None and recorded is not None and arch != recorded:
+        raise ValueError(f"arch {arch} given, but {weights if isinstance(weights, str) else 'the source'} holds a {recorded}")
+    return source, arch or recorded
+
+
+def _resnet_arch(state: dict[str, Tensor]) -> str:
+    """The torchvision ResNet of weights that record no name; the refusal says to name the trunk."""
+    try:
+        return resnet_arch(state)
+    except ValueError as err:
+        raise ValueError(f"{err}; for another trunk pass its name as arch= (--arch timm:convnext_nano)") from err
+
+
+def _load_trunk_weights(trunk: Trunk, state: dict[str, Tensor]) -> None:
+    """Load ``state`` strictly, under the keys of the trunk's body or of its ``backbone_state_dict()``.
+
+    A checkpoint holds the body's keys (``trunk.body.*``), a model or trunk its backbone's; they
+    differ where the body wraps the model (timm's ``model.*``).
+    """
+    body_keys = state.keys() == trunk.body.state_dict().keys()
+    load = trunk.body.load_state_dict if body_keys else trunk.load_backbone_state_dict
+    try:
+        load(state)
+    except RuntimeError as err:
+        raise ValueError(f"the trunk weights do not fit {trunk.arch}: {err}") from err
+
+
 def build_detector(
-    model: nn.Module,
+    model: Trunk | nn.Module,
     num_classes: int,
     *,
     min_size: int = 800,
@@ -148,12 +233,14 @@ def build_detector(
     score_threshold: float = 0.05,
     seed: int = 0,
 ) -> FasterRCNN:
-    """Faster R-CNN with an FPN (:class:`~scrl.fpn.FPNBackbone`) on a torchvision classifier's stages.
+    """Faster R-CNN with an FPN (:class:`~scrl.fpn.FPNBackbone`) on the stages of a trunk.
 
     The FPN, RPN and box heads are initialised from ``seed``, the same on every process.
 
     Args:
-        model: a torchvision classifier of a supported family (:func:`detection_classifier`).
+        model: a :class:`~scrl.trunk.Trunk` of any registered trunk (:func:`detection_trunk`), or
+            a torchvision classifier of a supported family (:func:`detection_classifier`); its
+            modules are the detector's.
         num_classes: object classes, >= 1 (the background class is added).
         min_size: shorter image side after resizing, in pixels (paper: 800).
         max_size: longer side at most, in pixels.
@@ -166,7 +253,7 @@ def build_detector(
         seed: seeds the heads' initial weights, >= 0.
 
     Raises:
-        ValueError: a size or count below 1.
+        ValueError: a size or count below 1, or a trunk with no stage at strides 4 to 32.
     """
     for name, value in (("num_classes", num_classes), ("min_size", min_size), ("max_size", max_size),
                         ("rois_per_image", rois_per_image), ("proposals", proposals)):
