@@ -117,3 +117,17 @@ def test_yolo_trains_an_epoch_from_the_export_in_a_fresh_process_without_the_net
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"attempts": [], "epoch_written": True, "backbone_moved": True}
+
+
+def test_the_export_script_writes_a_yolo_checkpoint_from_a_training_checkpoint(tmp_path):
+    from test_transfer_scripts import load_script
+
+    model = pretrained_yolo11n()
+    checkpoint = tmp_path / "checkpoint_last.pth"
+    torch.save({"model": model.state_dict(), "run": {"identity": {"arch": "ultralytics:yolo11n.yaml"}}}, checkpoint)
+    export = load_script("export_backbone")
+    result = export.main(["--checkpoint", str(checkpoint), "--format", "ultralytics", "--out", str(tmp_path / "y.pt")])
+    assert result == {"weights": str(tmp_path / "y.pt"), "model": "yolo11n.yaml"}  # the YAML the checkpoint records
+    with pytest.raises(SystemExit, match="the source's trunk is 'ultralytics:yolo11n.yaml'"):
+        export.main(["--checkpoint", str(checkpoint), "--format", "ultralytics", "--model", "yolov8n.yaml",
+                     "--out", str(tmp_path / "z.pt")])
