@@ -11,11 +11,15 @@ splits the images in two (by image), and on that split gives
   top-1 (``scrl.eval.roi_measures``), and
 * box AP and AP50 on the held-out images of torchvision's Faster R-CNN FPN fine-tuned from the
   trunk on the training images for ``--det-iters`` iterations (``scrl.eval.train_detector``,
-  the code of examples/finetune_detection.py).
+  the code of examples/finetune_detection.py), or with ``--detector yolo`` of the Ultralytics
+  YOLO detector whose backbone the trunk is, exported by ``scrl.export.to_ultralytics`` and
+  fine-tuned and validated by Ultralytics itself (``scrl.eval.finetune_yolo``; the trunk is then
+  ``--arch ultralytics:NAME.yaml``, default ultralytics:yolo11n.yaml, and --eval-data a YOLO folder).
 
     python benchmarks/transfer.py --budget smoke --json     # does the chain run
     python benchmarks/transfer.py --budget cpu --json
     python benchmarks/transfer.py --budget gpu --json
+    python benchmarks/transfer.py --budget smoke --detector yolo --json
     python benchmarks/transfer.py --budget cpu --eval-data my/annotations/instances_train.json --pretrain-data my/photos
 
 Measured (docs/benchmarks.md): smoke, 109 s on a 2-core Intel Xeon VM, otherwise idle, and 362 s
@@ -28,8 +32,10 @@ fine-tuning of a trunk on one seed's split) with the time so far and an ETA, the
 seed spread) and, with --json, one JSON object on the last line. Everything goes into
 --output-dir: the pretraining runs, transfer_<budget>_partial.json (rewritten after every
 finished row, which --resume continues from), transfer_<budget>.json and, when matplotlib is
-installed (pip install "scrl[plot]"), the bars as transfer_<budget>.png (or into --plot-dir).
-Box AP needs pycocotools (pip install "scrl[detection]").
+installed (pip install "scrl[plot]"), the bars as transfer_<budget>.png (or into --plot-dir);
+with --detector yolo <budget> reads <budget>_yolo in every name (transfer_smoke_yolo.json, ...),
+so that the two detectors' runs stay apart. Box AP needs pycocotools (pip install
+"scrl[detection]"), --detector yolo needs ultralytics (pip install "scrl[ultralytics]").
 """
 
 from __future__ import annotations
@@ -53,20 +59,25 @@ from typing import Any, NoReturn
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from scrl.data import ImageFolderDataset, LabelWarning, open_box_dataset, require_boxes_in
-from scrl.eval import build_detector, coco_box_ap, detection_classifier, roi_measures, split_by_image, train_detector
+from scrl.data import ImageFolderDataset, LabelWarning, YoloBoxes, open_box_dataset, require_boxes_in
+from scrl.eval import (build_detector, coco_box_ap, detection_classifier, finetune_yolo, roi_measures, split_by_image,
+                       train_detector)
 from scrl.data.image_folder import DEFAULT_MAX_CONSECUTIVE_UNREADABLE
 from scrl.eval.detection import load_pycocotools
+from scrl.export import to_ultralytics
 from scrl.runtime import FolderLock, FolderLockedError
 from scrl.train import PretrainConfig, Pretrainer, build_model
 from scrl.trunk import Trunk, supported_archs
 from scrl.viz import headless_pyplot, save_figure
+from scrl.yolo_trunk import ULTRALYTICS_PREFIX, import_ultralytics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_PRETRAIN = [SHARED / "imagenet-sample", SHARED / "coco128-train"]
 DEFAULT_EVAL = SHARED / "coco128-train"
 METHODS = ("random", "byol", "scrl")
+DETECTORS = ("frcnn", "yolo")
+YOLO_ARCH = ULTRALYTICS_PREFIX + "yolo11n.yaml"  # the trunk of --detector yolo unless --arch names another
 # (key, table label, reference rate keys shown beside it)
 MEASURES = (
     ("roi_linear", "RoI linear top-1 (%)", ("chance", "majority")),
@@ -99,21 +110,30 @@ class Budget:
     det_max_size: int
     det_rois: int
     det_proposals: int
-    det_workers: int
+    det_workers: int  # also the data-loading processes of YOLO fine-tuning
     amp: str
     channels_last: bool
+    yolo_epochs: int  # --detector yolo: Ultralytics fine-tuning epochs, image side and batch
+    yolo_size: int
+    yolo_batch: int
 
 
 BUDGETS = {
-    # Proves the chain runs: 160 images seen per method, detection hardly trained.
-    "smoke": Budget("resnet18", 64, 16, 10, 2, 128, 16, 0, 20, 2, 2, 10, None, 2, 128, 213, 64, 100, 0, "off", False),
+    # Proves the chain runs: 160 images seen per method, detection hardly trained (YOLO: 2 epochs of
+    # the 64 training images at 128 px, about 6 s each).
+    "smoke": Budget("resnet18", 64, 16, 10, 2, 128, 16, 0, 20, 2, 2, 10, None, 2, 128, 213, 64, 100, 0, "off", False,
+                    2, 128, 16),
     # What 2 CPU cores do in about 45 minutes: ~12.8k images (~11 epochs of the 1,128 photos) per
     # method at 1.3 s a step, then 3 x 3 fine-tunings of 100 iterations at ~1.2 s each, at 4x the
-    # linear-scaling learning rate because the schedule is so short.
-    "cpu": Budget("resnet18", 96, 32, 400, 2, 256, 16, 0, 100, 3, 3, 100, 0.01, 2, 256, 427, 128, 300, 1, "off", False),
+    # linear-scaling learning rate because the schedule is so short. YOLO: 20 epochs at 256 px,
+    # about 100 s each, still inside Ultralytics' warm-up (at least 100 iterations).
+    "cpu": Budget("resnet18", 96, 32, 400, 2, 256, 16, 0, 100, 3, 3, 100, 0.01, 2, 256, 427, 128, 300, 1, "off", False,
+                  20, 256, 16),
     # One H100-class GPU, 16 cores (untested on a GPU): ~77k images (~68 epochs) per method, then
-    # 3 x 3 fine-tunings of 200 iterations of 8 images at 448 px (2x the linear-scaling rate).
-    "gpu": Budget("resnet50", 160, 256, 300, 12, 512, 64, 8, 100, 5, 3, 200, 0.02, 8, 448, 747, 256, 500, 6, "bf16", True),
+    # 3 x 3 fine-tunings of 200 iterations of 8 images at 448 px (2x the linear-scaling rate);
+    # YOLO: 30 epochs at 640 px.
+    "gpu": Budget("resnet50", 160, 256, 300, 12, 512, 64, 8, 100, 5, 3, 200, 0.02, 8, 448, 747, 256, 500, 6, "bf16", True,
+                  30, 640, 16),
 }
 
 
@@ -186,6 +206,24 @@ def detection_row(trunk: Trunk, data: Dataset, seed: int, b: Budget, test_fracti
     return {"box_ap": ap["box_ap"], "box_ap50": ap["box_ap50"], "detections": ap["detections"],
             "det_first_loss": trained["first_loss"], "det_final_loss": trained["final_loss"],
             "det_seconds": trained["train_seconds"]}
+
+
+def yolo_row(trunk: Trunk, data: YoloBoxes, seed: int, b: Budget, test_fraction: float, run: dict, quiet: bool,
+             folder: Path) -> dict[str, Any]:
+    """Box AP of the YOLO detector of one trunk, fine-tuned by Ultralytics on the training images of the split of ``seed``.
+
+    The export and Ultralytics' run go into ``folder``.
+    """
+    train_idx, test_idx = split_by_image(len(data), test_fraction, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    # The head starts from ``seed`` for every trunk, as the Faster R-CNN heads do.
+    weights = to_ultralytics(trunk, b.arch, folder / "initial.pt", seed=seed)
+    result = finetune_yolo(weights, data.class_names, [data.image_paths[i] for i in train_idx],
+                           [data.image_paths[i] for i in test_idx], epochs=b.yolo_epochs, image_size=b.yolo_size,
+                           batch_size=b.yolo_batch, output_dir=folder, seed=seed, device=run["device"],
+                           workers=b.det_workers, verbose=not quiet, log=(lambda *a, **k: None) if quiet else print)
+    return {"box_ap": result["box_ap"], "box_ap50": result["box_ap50"], "det_seconds": result["train_seconds"],
+            "det_weights": result["weights"]}
 
 
 def pretrained_trunks(b: Budget, images: Dataset, seed: int, runs: Path, record: dict[str, Any], wanted: set[str],
@@ -410,14 +448,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
     add("--steps", type=int, default=None, help="override the budget's pretraining steps, >= 1")
     add("--image-size", type=int, default=None, help="override the pretraining view side, >= 32 pixels")
     add("--batch-size", type=int, default=None, help="override the pretraining batch, >= 1")
-    add("--arch", choices=supported_archs(), default=None, metavar="ARCH",
-        help="override the trunk: a torchvision builder name of scrl.trunk.supported_archs()")
+    add("--detector", choices=DETECTORS, default="frcnn",
+        help="the detector fine-tuned for box AP: torchvision's Faster R-CNN FPN (frcnn), or Ultralytics YOLO, "
+             "fine-tuned and validated by Ultralytics (yolo; needs an Ultralytics --arch and a YOLO folder as --eval-data)")
+    add("--arch", default=None, metavar="ARCH",
+        help="override the trunk: a torchvision builder name of scrl.trunk.supported_archs() (--detector frcnn), or "
+             f"ultralytics:NAME.yaml, the backbone of an Ultralytics model YAML (--detector yolo; default {YOLO_ARCH})")
     add("--seeds", type=int, default=None, help="override the number of splits / fine-tuning seeds, >= 1")
-    add("--det-iters", type=int, default=None, help="override the detection fine-tuning iterations, >= 1")
+    add("--det-iters", type=int, default=None, help="override the Faster R-CNN fine-tuning iterations, >= 1")
+    add("--yolo-epochs", type=int, default=None, help="override the YOLO fine-tuning epochs, >= 1")
     add("--pretrain-seed", type=int, default=0, help="seed of the initial weights and of pretraining, >= 0")
     add("--output-dir", default=str(ROOT / "runs" / "transfer"),
         help="folder of everything the run writes: the pretraining runs, transfer_<budget>_partial.json, "
-             "transfer_<budget>.json and the figure (default: runs/transfer in the checkout)")
+             "transfer_<budget>.json and the figure, <budget> being <budget>_yolo with --detector yolo (default: "
+             "runs/transfer in the checkout)")
     add("--plot-dir", default=None, help="folder of the figure transfer_<budget>.png instead of --output-dir "
                                          "(docs/figures holds the documentation's)")
     add("--resume", action="store_true",
@@ -431,18 +475,30 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
     add("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
     overrides = {"steps": ("steps", 1), "image_size": ("view", 32), "batch_size": ("batch", 1), "seeds": ("seeds", 1),
-                 "det_iters": ("det_iters", 1), "pretrain_seed": (None, 0), "max_consecutive_unreadable": (None, 1)}
+                 "det_iters": ("det_iters", 1), "yolo_epochs": ("yolo_epochs", 1), "pretrain_seed": (None, 0),
+                 "max_consecutive_unreadable": (None, 1)}
     for name, (_, low) in overrides.items():
         value = getattr(args, name)
         if value is not None and value < low:
             p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if not 0 < args.test_fraction < 1:
         p.error(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    yolo = args.detector == "yolo"
+    if args.arch is not None:
+        if args.arch not in supported_archs() and not args.arch.startswith(ULTRALYTICS_PREFIX):
+            p.error(f"--arch: invalid choice: {args.arch!r} (a torchvision name of scrl.trunk.supported_archs(), "
+                    "or ultralytics:NAME.yaml)")
+        if yolo and not args.arch.startswith(ULTRALYTICS_PREFIX):
+            p.error(f"--detector yolo fine-tunes the Ultralytics detector of the trunk: --arch must be "
+                    f"ultralytics:NAME.yaml (default {YOLO_ARCH}), got {args.arch!r}")
+        if not yolo and args.arch.startswith(ULTRALYTICS_PREFIX):
+            p.error(f"--detector frcnn builds torchvision's Faster R-CNN on a torchvision trunk: --arch {args.arch} "
+                    "goes with --detector yolo")
     b = dataclasses.replace(BUDGETS[args.budget], **{
         field: getattr(args, name) for name, (field, _) in overrides.items() if field and getattr(args, name) is not None
     })
-    if args.arch is not None:
-        b = dataclasses.replace(b, arch=args.arch)
+    if args.arch is not None or yolo:
+        b = dataclasses.replace(b, arch=args.arch or YOLO_ARCH)
     return args, b
 
 
@@ -465,9 +521,13 @@ def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.budget == "gpu" and device.type != "cuda":
         refuse("--budget gpu needs a CUDA device")
-    try:
-        load_pycocotools()  # fail before pretraining, not after
-    except ImportError as err:
+    yolo = args.detector == "yolo"
+    try:  # fail before pretraining, not after
+        if yolo:
+            import_ultralytics()
+        else:
+            load_pycocotools()
+    except (ImportError, ValueError) as err:
         refuse(str(err))
     pretrain_paths = [Path(p) for p in args.pretrain_data] if args.pretrain_data else DEFAULT_PRETRAIN
     eval_path = Path(args.eval_data) if args.eval_data else DEFAULT_EVAL
@@ -486,6 +546,9 @@ def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict
                 require_boxes_in(data, indices, side)
     except (ValueError, FileNotFoundError) as err:
         refuse(str(err))
+    if yolo and not isinstance(data, YoloBoxes):
+        refuse(f"--detector yolo: Ultralytics reads the labels beside the images, so --eval-data must be a YOLO folder "
+               f"(images/ and labels/), got {eval_path}")
     quiet = not args.verbose
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -498,10 +561,11 @@ def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict
         "budget": args.budget, "settings": dataclasses.asdict(b), "pretrain_data": [str(p) for p in pretrain_paths],
         "pretrain_images": len(images), "eval_data": str(eval_path), "eval_image_dir": args.eval_image_dir,
         "eval_images": len(data), "num_classes": data.num_classes, "test_fraction": args.test_fraction,
-        "pretrain_seed": args.pretrain_seed, "device": str(device),
+        "pretrain_seed": args.pretrain_seed, "detector": args.detector, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
-    partial = out / f"transfer_{args.budget}_partial.json"
+    name = f"{args.budget}_yolo" if yolo else args.budget  # of the runs folder and the files: one per detector
+    partial = out / f"transfer_{name}_partial.json"
     record = start_record(partial, settings, args.resume)
     write_json(partial, record)  # from now on a killed run can be resumed, or refused, by its settings
     rows_left = [(m, seed) for m in METHODS for seed in range(len(record["per_seed"][m]), b.seeds)]
@@ -513,13 +577,19 @@ def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict
         record["seconds"] = earlier + progress.elapsed()
         write_json(partial, record)
 
-    trunks = pretrained_trunks(b, images, args.pretrain_seed, out / args.budget, record, {m for m, _ in rows_left},
+    trunks = pretrained_trunks(b, images, args.pretrain_seed, out / name, record, {m for m, _ in rows_left},
                                progress, save, quiet)
+    fine_tuning = (f"YOLO fine-tuning ({b.yolo_epochs} epochs at {b.yolo_size} px)" if yolo
+                   else f"detection fine-tuning ({b.det_iters} iterations)")
     for method, seed in rows_left:
         with progress.phase("RoI measures", f"{method} seed {seed}: RoI measures"):
             row = roi_row(trunks[method], data, seed, b, args.test_fraction, run)
-        with progress.phase("detection", f"{method} seed {seed}: detection fine-tuning ({b.det_iters} iterations), box AP"):
-            row |= detection_row(trunks[method], data, seed, b, args.test_fraction, run, quiet)
+        with progress.phase("detection", f"{method} seed {seed}: {fine_tuning}, box AP"):
+            if yolo:
+                row |= yolo_row(trunks[method], data, seed, b, args.test_fraction, run, quiet,
+                                out / name / "finetune" / f"{method}_seed{seed}")
+            else:
+                row |= detection_row(trunks[method], data, seed, b, args.test_fraction, run, quiet)
         record["per_seed"][method].append(row)
         save()
         print(f"  {method} seed {seed}: RoI linear {statistics.fmean(row['linear_runs']):.1f}, k-NN {row['knn_top1']:.1f}, "
@@ -542,9 +612,10 @@ def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict
     result["total_seconds"] = earlier + progress.elapsed()
     result["command"] = "python benchmarks/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
+    detector = f"YOLO {b.yolo_epochs} epochs at {b.yolo_size} px" if yolo else f"Faster R-CNN {b.det_iters} iterations"
     title = (f"{b.arch}, {b.steps} steps x {b.batch} photos at {b.view} px; {len(data)} box images, "
-             f"{b.seeds} seeds, Faster R-CNN {b.det_iters} iterations")
-    drawn = plot(result, Path(args.plot_dir or out) / f"transfer_{args.budget}.png", title)
+             f"{b.seeds} seeds, {detector}")
+    drawn = plot(result, Path(args.plot_dir or out) / f"transfer_{name}.png", title)
     if drawn:
         result["figure"] = drawn
     print(f"figure: {drawn}" if drawn else 'figure not drawn: matplotlib is not installed (pip install "scrl[plot]")')
@@ -553,7 +624,7 @@ def measure(args: argparse.Namespace, b: Budget, argv: list[str] | None) -> dict
     print(f"{data.num_classes} classes, {ref['test_images']} held-out images ({ref['test_boxes']:.0f} boxes) per seed; "
           f"± is the sample std over {b.seeds} seed(s) (RoI linear: over seeds x {b.head_seeds} heads)")
     print(f"total {result['total_seconds']:.0f} s on {result['device_name']}; command: {result['command']}")
-    write_json(out / f"transfer_{args.budget}.json", result)
+    write_json(out / f"transfer_{name}.json", result)
     if args.json:
         print(json.dumps(result))
     return result

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import re
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -141,6 +142,9 @@ def test_transfer_benchmark_on_a_yolo_folder_and_a_coco_json(tmp_path: Path, cap
         (["--det-iters", "-1"], "--det-iters must be >= 1"),
         (["--test-fraction", "1.5"], r"--test-fraction must be in \(0, 1\)"),
         (["--arch", "timm:resnet18"], "--arch: invalid choice"),
+        (["--detector", "yolo", "--arch", "resnet18"], r"--detector yolo .*--arch must be ultralytics:NAME\.yaml"),
+        (["--arch", "ultralytics:yolo11n.yaml"], r"--arch ultralytics:yolo11n\.yaml goes with --detector yolo"),
+        (["--detector", "yolo", "--yolo-epochs", "0"], "--yolo-epochs must be >= 1"),
     ],
 )
 def test_transfer_benchmark_names_the_bad_argument(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
@@ -154,6 +158,50 @@ def test_transfer_benchmark_says_which_data_path_is_missing(tmp_path: Path, caps
     with pytest.raises(SystemExit) as stopped:
         load_benchmark().main(["--pretrain-data", str(tmp_path), "--eval-data", str(tmp_path / "nowhere")])
     assert stopped.value.code == 2 and re.search(r"^error: --eval-data .*nowhere does not exist", capsys.readouterr().err)
+
+
+def test_the_yolo_detector_refuses_a_coco_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("ultralytics")
+    annotations, _ = coco_json(tmp_path / "coco", 2)
+    images = tmp_path / "coco" / "yolo" / "images"
+    with pytest.raises(SystemExit) as stopped:
+        load_benchmark().main(["--detector", "yolo", "--pretrain-data", str(images), "--eval-data", str(annotations),
+                               "--eval-image-dir", str(images), "--output-dir", str(tmp_path / "runs")])
+    assert stopped.value.code == 2 and "--eval-data must be a YOLO folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_transfer_benchmark_with_the_yolo_detector_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("ultralytics")
+    attempts = []
+    connect = socket.socket.connect
+
+    def refused(*args: object, **kwargs: object) -> None:
+        attempts.append(args[:1])
+        raise OSError("no network in this test")
+
+    def connect_locally(sock: socket.socket, address: object) -> None:  # the data workers talk over Unix sockets
+        return connect(sock, address) if sock.family == socket.AF_UNIX else refused(address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", refused)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(socket.socket, "connect", connect_locally)
+    eval_data = yolo_folder(tmp_path / "yolo", 8)
+    runs = tmp_path / "runs"
+    out = load_benchmark().main(TINY + ["--detector", "yolo", "--yolo-epochs", "1", "--seeds", "1", "--pretrain-data",
+                                        str(photo_folder(tmp_path / "photos", 6)), "--eval-data", str(eval_data),
+                                        "--output-dir", str(runs), "--json"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert attempts == []
+    assert json.loads(printed[-1]) == json.loads(json.dumps(out)) == json.loads((runs / "transfer_smoke_yolo.json").read_text())
+    assert out["detector"] == "yolo" and out["settings"]["arch"] == "ultralytics:yolo11n.yaml"
+    assert not (runs / "transfer_smoke.json").exists()  # the Faster R-CNN run's name is left alone
+    for method in ("random", "byol", "scrl"):
+        row = out["methods"][method]
+        assert all(math.isfinite(row[key]) and 0 <= row[key] <= 100 for key in ("box_ap", "box_ap50", "roi_knn"))
+        assert Path(row["per_seed"][0]["det_weights"]).is_file()
+    assert not list(eval_data.rglob("*.cache"))  # Ultralytics' label caches go into the run, not beside the data
 
 
 def photo_folder(root: Path, count: int) -> Path:

@@ -4,9 +4,11 @@ retrieval, the online RoI probe for pretraining loops, and detection fine-tuning
 Modules, one concern each: :mod:`.trunk_forward` (device, wrappers, the normalised forward pass),
 :mod:`.frozen` (the frozen copy), :mod:`.bn_adaptation` (BatchNorm re-estimation),
 :mod:`.roi_features` (box features), :mod:`.linear_head`, :mod:`.knn`, :mod:`.roi_eval` (the
-protocol and the probe), :mod:`.retrieval`, :mod:`.measures` (all box measures of one split) and
+protocol and the probe), :mod:`.retrieval`, :mod:`.measures` (all box measures of one split),
 :mod:`.detection` (Faster R-CNN FPN fine-tuning and COCO box AP; pycocotools is imported only
-when AP is computed). The square-resized box images they read are :class:`scrl.data.SquareBoxes`.
+when AP is computed) and :mod:`.yolo_detection` (Ultralytics YOLO fine-tuned and validated by
+Ultralytics; ultralytics is imported only when it runs). The square-resized box images they
+read are :class:`scrl.data.SquareBoxes`.
 """
 
 from .bn_adaptation import adapted_trunk
@@ -19,6 +21,7 @@ from .retrieval import RetrievalResult, cross_view_retrieval
 from .roi_eval import RoIEvalResult, roi_linear_eval, roi_probe, split_by_image
 from .roi_features import RoIFeatures, extract_roi_features
 from .trunk_forward import forward_images
+from .yolo_detection import finetune_yolo, offline_fonts
 
 __all__ = [
     "RetrievalResult",
@@ -32,9 +35,11 @@ __all__ = [
     "detection_classifier",
     "detection_trunk",
     "extract_roi_features",
+    "finetune_yolo",
     "forward_images",
     "frozen_copy",
     "knn_predict",
+    "offline_fonts",
     "roi_linear_eval",
     "roi_measures",
     "roi_probe",
