@@ -24,8 +24,10 @@ Files are read with :func:`scrl.runtime.load_checkpoint` (an unreadable one is a
 from __future__ import annotations
 
 from .detectron2_format import detectron2_config, detectron2_key, save_detectron2, to_detectron2
+from .mmdet_format import save_mmdet, to_mmdet
 from .source import Source, load_source, resnet_arch, source_arch, trunk_weights
 from .torchvision_format import save_timm, save_torchvision, to_timm, to_torchvision
+from .transformers_format import to_transformers
 from .ultralytics_format import to_ultralytics
 
 # Source (the type of what an export reads) and detectron2_key are importable here, not public.
@@ -34,12 +36,15 @@ __all__ = [
     "load_source",
     "resnet_arch",
     "save_detectron2",
+    "save_mmdet",
     "save_timm",
     "save_torchvision",
     "source_arch",
     "to_detectron2",
+    "to_mmdet",
     "to_timm",
     "to_torchvision",
+    "to_transformers",
     "to_ultralytics",
     "trunk_weights",
 ]
