@@ -233,7 +233,10 @@ MMDET_KEYS = {
         "norm0.bias": (96,), "norm3.weight": (768,),
     },
 }
-NOT_MMDET_KEYS = {"resnet18": ["layer1.0.downsample.0.weight", "layer1.0.conv3.weight", "fc.weight"], "convnext_tiny": ["norm4.weight"]}
+NOT_MMDET_KEYS = {
+    "resnet18": ["layer1.0.downsample.0.weight", "layer1.0.conv3.weight", "fc.weight"],  # basic blocks, layer1 keeps 64 channels
+    "convnext_tiny": ["norm4.weight"],
+}
 
 # MMDetection RegNet.arch_settings (mmdet/models/backbones/regnet.py).
 MMDET_REGNETS = {
@@ -314,7 +317,8 @@ def mmdet_expected_keys(arch: str) -> set[str]:
     depth = backbone["depth"]
     blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
     expansion = 1 if depth < 50 else 4
-    return mmdet_resnet_keys(blocks, [64 * 2**i * expansion for i in range(4)], convs=2 if depth < 50 else 3, stem=64, strides=(1, 2, 2, 2))
+    widths = [64 * 2**i * expansion for i in range(4)]
+    return mmdet_resnet_keys(blocks, widths, convs=2 if depth < 50 else 3, stem=64, strides=(1, 2, 2, 2))
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny"])
@@ -348,8 +352,7 @@ def test_mmdet_values_are_the_torchvision_tensors() -> None:
     ):
         assert torch.equal(state[mm_key], regnet[tv_key]), mm_key
     convnext = randomised("convnext_tiny")
-    source = {"model": {f"trunk.body.{k}": v for k, v in trunk_state(convnext).items()}, "run": {"identity": {"arch": "convnext_tiny"}}}
-    state = to_mmdet(source)["state_dict"]  # the arch from the checkpoint's run identity
+    state = to_mmdet(_source("checkpoint", "convnext_tiny", convnext))["state_dict"]  # the arch from the run identity
     tv = trunk_state(convnext)
     assert torch.equal(state["stages.2.5.gamma"], tv["features.5.5.layer_scale"].flatten())
     assert torch.equal(state["stages.3.1.pointwise_conv2.weight"], tv["features.7.1.block.5.weight"])
@@ -407,7 +410,8 @@ def test_save_mmdet_writes_checkpoint_and_config(tmp_path: Path) -> None:
     assert cfg["neck"] == {"in_channels": [256, 512, 1024, 2048]}
     convnext = config_of("convnext_tiny")
     assert convnext["custom_imports"] == {"imports": ["mmpretrain.models"], "allow_failed_imports": False}
-    assert convnext["model"]["backbone"]["type"] == "mmpretrain.ConvNeXt" and convnext["model"]["backbone"]["gap_before_final_norm"] is False
+    backbone = convnext["model"]["backbone"]
+    assert backbone["type"] == "mmpretrain.ConvNeXt" and backbone["arch"] == "tiny" and backbone["gap_before_final_norm"] is False
     assert config_of("resnext50_32x4d")["model"]["backbone"]["groups"] == 32
     with pytest.raises(ValueError, match=r"must not end in \.py"):
         save_mmdet(model, tmp_path / "weights.py")

@@ -14,7 +14,8 @@ Sources accepted everywhere (``source`` below):
 
 Detectron2 is not needed: its weight format is a pickle of numpy arrays under Detectron2's
 key names, which Detectron2 loads with ``matching_heuristics`` the way it loads its own
-converted torchvision models.
+converted torchvision models. Nor is MMDetection: its checkpoint is checked against the key
+names and widths its backbones give themselves.
 
 Files are read with :func:`scrl.runtime.load_checkpoint` (an unreadable one is a
 :class:`~scrl.runtime.CheckpointError` naming it) and written atomically

@@ -80,7 +80,9 @@ def _layout(arch: str) -> _Layout:
         return _Layout("resnet", backbone, _RESNET_BLOCKS[depth], widths, convs=2 if basic else 3)
     if resnext:
         depth, groups, base_width = (int(g) for g in resnext.groups())
-        backbone = dict(type="ResNeXt", depth=depth, groups=groups, base_width=base_width, num_stages=4, out_indices=_OUT_INDICES, **_BN_TRAINING)
+        backbone = dict(
+            type="ResNeXt", depth=depth, groups=groups, base_width=base_width, num_stages=4, out_indices=_OUT_INDICES, **_BN_TRAINING
+        )
         return _Layout("resnet", backbone, _RESNET_BLOCKS[depth], (256, 512, 1024, 2048))
     if arch in _REGNET_X:
         regnet, blocks, widths = _REGNET_X[arch]
@@ -89,7 +91,9 @@ def _layout(arch: str) -> _Layout:
     if arch in _CONVNEXTS:
         name, blocks, widths = _CONVNEXTS[arch]
         # frozen_stages=0 freezes nothing in mmpretrain; gap_before_final_norm=False keeps the maps (not pooled vectors).
-        backbone = dict(type="mmpretrain.ConvNeXt", arch=name, out_indices=list(_OUT_INDICES), frozen_stages=0, gap_before_final_norm=False)
+        backbone = dict(
+            type="mmpretrain.ConvNeXt", arch=name, out_indices=list(_OUT_INDICES), frozen_stages=0, gap_before_final_norm=False
+        )
         return _Layout("convnext", backbone, blocks, widths)
     raise ValueError(_unsupported(arch))
 

@@ -116,7 +116,7 @@ def _resnet_config(arch: str) -> dict[str, Any]:
         hidden_sizes=[64 * 2**i * (1 if basic else 4) for i in range(4)],
         layer_type="basic" if basic else "bottleneck",
         hidden_act="relu",
-        downsample_in_first_stage=False,  # torchvision's layer1 keeps the stride of its max-pool
+        downsample_in_first_stage=False,  # torchvision's layer1 does not stride: the stem's max-pool has
         downsample_in_bottleneck=False,  # torchvision strides in the 3x3 conv, not the first 1x1
         out_features=_STAGES,
     )
@@ -133,8 +133,8 @@ def _hf_weights(arch: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {_hf_resnet_key(k): v for k, v in state.items()}
     weights = {_hf_convnext_key(k): _hf_convnext_value(k, v) for k, v in state.items()}
     for stage, width in zip(_STAGES, _CONVNEXTS[arch][1]):
-        # torchvision has no such norm: written as LayerNorm's own initial state, the weights Transformers'
-        # facebook/convnext-* checkpoints load into them too, for fine-tuning to train.
+        # torchvision has no such norm: written as LayerNorm's initial state, for fine-tuning to train, so
+        # that the folder is complete and a key that fails to load always means a fault.
         weights[f"hidden_states_norms.{stage}.weight"] = torch.ones(width)
         weights[f"hidden_states_norms.{stage}.bias"] = torch.zeros(width)
     return weights
@@ -253,7 +253,7 @@ def to_transformers(source: Source, path: str | os.PathLike, *, arch: str | None
         ValueError: transformers is not installed; ``arch`` is none of those (timm trunks, other
             torchvision families); ``path`` is a file or a folder holding other files; the weights
             do not fit the torchvision model; or the written folder loads partially or gives other
-            features (the message names the keys or the difference). Nothing is left at ``path`` then.
+            features (the message names the keys or the difference); ``path`` is left as it was then.
 
     Example:
         >>> to_transformers("runs/scrl/checkpoint_last.pth", "scrl-r50")                # doctest: +SKIP
