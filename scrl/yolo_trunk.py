@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
+import PIL.Image
 import torch
 from torch import Tensor, nn
 
@@ -34,16 +35,24 @@ def import_ultralytics() -> Any:
     Ultralytics probes the network when it is imported (a DNS lookup that decides whether to
     send usage events and auto-install requirements) unless ``YOLO_OFFLINE`` is set; scrl sets it
     to ``1`` when the user has not set it, so that building a trunk or writing an export stays
-    offline. Set ``YOLO_OFFLINE=0`` before the import for Ultralytics' default behaviour.
+    offline. Set ``YOLO_OFFLINE=0`` before the import for Ultralytics' default behaviour. It also
+    replaces ``PIL.Image.open`` process-wide (for HEIF photos); scrl puts PIL's own back, so that
+    an unreadable image stays PIL's error.
 
     Raises:
         ValueError: ultralytics is not installed; the message says how to install it.
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    pil_open = PIL.Image.open
     try:
         import ultralytics
+        import ultralytics.utils.patches  # noqa: F401  (replaces PIL.Image.open when first imported)
     except ImportError as err:
         raise ValueError('Ultralytics YOLO trunks and exports need ultralytics (AGPL-3.0): pip install "scrl[ultralytics]"') from err
+    finally:
+        # Ultralytics swaps in an Image.open that, on an image PIL cannot read, tries to install
+        # pi-heif and fails with ModuleNotFoundError: a damaged photo must stay an error naming it.
+        PIL.Image.open = pil_open
     return ultralytics
 
 

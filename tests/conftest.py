@@ -1,3 +1,4 @@
+import importlib.util
 import logging
 import os
 import sys
@@ -9,6 +10,12 @@ import torch
 # Ultralytics writes its settings file where YOLO_CONFIG_DIR points when it is first imported:
 # a folder of the test session's, not the home directory of whoever runs the tests.
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="scrl-tests-ultralytics-"))
+if importlib.util.find_spec("ultralytics") is not None:
+    # Imported once, the way scrl imports it (PIL.Image.open kept PIL's), before any test
+    # imports it directly and its import replaces PIL.Image.open for the rest of the session.
+    from scrl.yolo_trunk import import_ultralytics
+
+    import_ultralytics()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ user's machine without a connection would: writing the export, loading it and on
 
 import json
 import os
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,8 @@ import textwrap
 import pytest
 import torch
 
-pytest.importorskip("ultralytics")
+if importlib.util.find_spec("ultralytics") is None:  # not imported here: its import patches PIL for the whole session
+    pytest.skip("ultralytics is not installed", allow_module_level=True)
 
 from scrl import SCRL  # noqa: E402
 from scrl.export import to_ultralytics  # noqa: E402

@@ -9,6 +9,7 @@ keep each cell where it is: the probe leaves them out and must find the same off
 layers before them.
 """
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("ultralytics")
+if importlib.util.find_spec("ultralytics") is None:  # not imported here: its import patches PIL for the whole session
+    pytest.skip("ultralytics is not installed", allow_module_level=True)
 
 from scrl import BYOL, SCRL, lars_param_groups  # noqa: E402
 from scrl.cell_centre import linearised_copy, measure_cell_offset  # noqa: E402
@@ -155,3 +157,14 @@ def test_a_yolo_trunk_pretrains_on_a_folder_of_photos_and_names_its_backbone_fil
     trunk = create_trunk("ultralytics:yolo11n.yaml")
     assert backbone.keys() == trunk.backbone_state_dict().keys()
     assert not torch.equal(backbone["model.0.conv.weight"], trunk.backbone_state_dict()["model.0.conv.weight"])
+
+
+def test_building_a_yolo_trunk_leaves_pils_image_open_as_it_was(tmp_path):
+    import PIL.Image
+
+    before = PIL.Image.open
+    create_trunk("ultralytics:yolo11n.yaml")
+    assert PIL.Image.open is before
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(PIL.UnidentifiedImageError):
+        PIL.Image.open(tmp_path / "broken.jpg")
