@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+# Every trunk takes RGB views normalised per channel with ImageNet's mean and std ([0, 1] scale).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _Family(NamedTuple):

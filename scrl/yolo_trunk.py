@@ -19,8 +19,7 @@ import PIL.Image
 import torch
 from torch import Tensor, nn
 
-from .transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
-from .trunk import Trunk, evaluating
+from .trunk import IMAGENET_MEAN, IMAGENET_STD, Trunk, evaluating
 
 __all__ = ["ULTRALYTICS_PREFIX", "import_ultralytics", "ultralytics_backbone_layers", "ultralytics_trunk"]
 

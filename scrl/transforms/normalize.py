@@ -10,8 +10,7 @@ from torch import Tensor
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize_images"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..trunk import IMAGENET_MEAN, IMAGENET_STD  # the input every trunk takes
 
 
 class _Constants(NamedTuple):
